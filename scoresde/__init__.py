@@ -1,0 +1,12 @@
+"""scoresde: continuous-time score-based generative models (Song et al., ICLR 2021)."""
+from . import analytic, sampling
+from .analytic import GaussianMixture
+from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, log_likelihood
+from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "GaussianMixture", "analytic", "sampling",
+    "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
+]

@@ -1,0 +1,171 @@
+"""What every sampler shares: input checks, the noise source, the Tweedie denoising step and the
+one sampling loop over a grid of "linear" steps.
+
+Most samplers here take a step t_k -> t_{k+1} of the form
+
+    x_{k+1} = A_k x_k + B_k score(x_k, t_k) + C_k z_k,      z_k ~ N(0, I),
+
+with scalar A_k, B_k, C_k that depend only on the grid (Euler–Maruyama, reverse diffusion, DDPM
+ancestral, DDIM). They differ only in those coefficient tables, computed once per grid, and
+share ``run_linear`` below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import trange
+
+from ..sde import SDE
+from .grids import Grid
+
+
+def check_choice(value, name: str, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_prior_draw(x_T) -> Tensor:
+    """x_T must be a floating tensor with a batch dimension and finite values (one check, before any loop)."""
+    if not torch.is_tensor(x_T) or not x_T.is_floating_point():
+        raise ValueError(f"x_T must be a floating-point tensor of shape (B, ...), got {type(x_T).__name__}"
+                         + (f" of dtype {x_T.dtype}" if torch.is_tensor(x_T) else ""))
+    if x_T.dim() < 1 or x_T.shape[0] == 0:
+        raise ValueError(f"x_T must have a non-empty batch dimension, got shape {tuple(x_T.shape)}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or infinite values")
+    return x_T
+
+
+def checked_score(score_fn: Callable) -> Callable[[Tensor, Tensor], Tensor]:
+    """Wrap a score function so a wrongly shaped output is one clear error (a shape test, no sync)."""
+    if not callable(score_fn):
+        raise ValueError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        s = score_fn(x, t)
+        if not torch.is_tensor(s) or s.shape != x.shape:
+            got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
+            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        return s
+
+    return score
+
+
+def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """Standard normal noise shaped like x, drawn from ``generator`` (on its own device)."""
+    if generator is None or generator.device == x.device:
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+
+
+def device_times(grid: Grid, x: Tensor) -> Tensor:
+    """The grid's times on x's device and dtype, copied once before the loop."""
+    return grid.t.to(device=x.device, dtype=x.dtype)
+
+
+def tweedie(score: Callable, x: Tensor, t: Tensor, alpha: float, sigma: float) -> Tensor:
+    """E[x_0 | x_t] = (x + sigma^2 score(x, t)) / alpha (Tweedie's formula for a Gaussian p_0t)."""
+    return (x + sigma ** 2 * score(x, t)) / alpha
+
+
+def tweedie_at(score: Callable, sde: SDE, x: Tensor, eps: float) -> Tensor:
+    """Tweedie's E[x_0 | x_eps] with the SDE's continuous marginal coefficients at time eps."""
+    alpha, sigma = (float(c) for c in sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64)))
+    return tweedie(score, x, torch.full((x.shape[0],), eps, device=x.device, dtype=x.dtype), alpha, sigma)
+
+
+@dataclass(frozen=True)
+class LinearSteps:
+    """Per-step scalars of x_{k+1} = A_k x_k + B_k score(x_k, t_k) + C_k z_k."""
+
+    A: List[float]
+    B: List[float]
+    C: List[float]
+
+    @classmethod
+    def from_tensors(cls, A: Tensor, B: Tensor, C: Tensor) -> "LinearSteps":
+        return cls(A.tolist(), B.tolist(), C.clamp(min=0).tolist())
+
+
+def linear_step(score: Callable, steps: LinearSteps, k: int, x: Tensor, t: Tensor,
+                generator: Optional[torch.Generator]) -> Tensor:
+    x_next = steps.A[k] * x
+    if steps.B[k] != 0:
+        x_next = x_next + steps.B[k] * score(x, t)
+    if steps.C[k] > 0:
+        x_next = x_next + steps.C[k] * randn_like(x, generator)
+    return x_next
+
+
+def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, denoise: bool,
+               generator: Optional[torch.Generator], progress: bool, desc: str,
+               corrector: Optional[Callable[[int, Tensor, Tensor], Tensor]] = None) -> Tensor:
+    """Run the grid's steps (optionally with a corrector before each), then denoise at t_n."""
+    ts = device_times(grid, x)
+    B = x.shape[0]
+    for k in trange(grid.steps, disable=not progress, desc=desc, leave=False):
+        t = ts[k].expand(B)
+        if corrector is not None:
+            x = corrector(k, x, t)
+        x = linear_step(score, steps, k, x, t, generator)
+    return finish(score, grid, x, ts, denoise)
+
+
+def finish(score: Callable, grid: Grid, x: Tensor, ts: Tensor, denoise: bool) -> Tensor:
+    if not denoise:
+        return x
+    n = grid.steps
+    return tweedie(score, x, ts[n].expand(x.shape[0]), float(grid.alpha[n]), float(grid.sigma[n]))
+
+
+# ---- coefficient tables of the linear samplers (float64, one entry per step) -------------------
+
+def _transition(grid: Grid):
+    """a_k, b_k^2 of the forward transition p(x_{t_k} | x_{t_{k+1}}) = N(a x, b^2 I) between grid points."""
+    a = grid.alpha[:-1] / grid.alpha[1:]
+    b2 = (grid.sigma[:-1] ** 2 - a ** 2 * grid.sigma[1:] ** 2).clamp(min=0)
+    return a, b2
+
+
+def euler_maruyama_steps(sde: SDE, grid: Grid, probability_flow: bool = False) -> LinearSteps:
+    """Reverse SDE dx = [c x - g^2 score] dt + g dw̄ stepped by Euler–Maruyama, h = t_k - t_{k+1}:
+    x' = (1 - c h) x + g^2 h score + g sqrt(h) z. With ``probability_flow``: the ODE's Euler step
+    (g^2/2, no noise)."""
+    t = grid.t[:-1]
+    h = t - grid.t[1:]
+    c = sde.drift_coeff(t)
+    g2 = sde.diffusion(t) ** 2
+    if probability_flow:
+        return LinearSteps.from_tensors(1 - c * h, 0.5 * g2 * h, torch.zeros_like(h))
+    return LinearSteps.from_tensors(1 - c * h, g2 * h, (g2 * h).sqrt())
+
+
+def reverse_diffusion_steps(grid: Grid) -> LinearSteps:
+    """Song et al.'s reverse-diffusion predictor on the grid's own forward chain x_k = a x_{k+1} + b z:
+    x_{k+1} = x_k - (a - 1) x_k + b^2 score + b z."""
+    a, b2 = _transition(grid)
+    return LinearSteps.from_tensors(2 - a, b2, b2.sqrt())
+
+
+def ancestral_steps(grid: Grid, variance: str) -> LinearSteps:
+    """Ancestral sampling of the grid's chain: x_{k+1} = (x_k + b^2 score) / a + v z, which is the
+    posterior mean E[x_{k+1} | x_k, x̂_0] (DDPM's mu_theta). v^2 = b^2 ("beta", DDPM's sigma^2 = beta)
+    or b^2 sigma_{k+1}^2 / sigma_k^2 ("posterior", the exact posterior variance; SMLD's choice)."""
+    a, b2 = _transition(grid)
+    v2 = b2 if variance == "beta" else b2 * grid.sigma[1:] ** 2 / grid.sigma[:-1] ** 2
+    return LinearSteps.from_tensors(1 / a, b2 / a, v2.sqrt())
+
+
+def ddim_steps(grid: Grid, eta: float) -> LinearSteps:
+    """DDIM (Song, Meng & Ermon 2021) for any (alpha, sigma) chain, with eps_hat = -sigma_k score:
+    x_{k+1} = alpha_{k+1} x̂_0 + sqrt(sigma_{k+1}^2 - c^2) eps_hat + c z,
+    x̂_0 = (x_k - sigma_k eps_hat) / alpha_k,  c = eta sigma_{k+1} b / sigma_k (b as in ``_transition``)."""
+    a_k, s_k = grid.alpha[:-1], grid.sigma[:-1]
+    a_n, s_n = grid.alpha[1:], grid.sigma[1:]
+    _, b2 = _transition(grid)
+    c = eta * s_n * b2.sqrt() / s_k
+    dir_coef = (s_n ** 2 - c ** 2).clamp(min=0).sqrt()
+    return LinearSteps.from_tensors(a_n / a_k, a_n * s_k ** 2 / a_k - dir_coef * s_k, c)

@@ -1,0 +1,42 @@
+"""The probability-flow ODE right-hand side shared by the ODE sampler and the likelihood."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..sde import SDE, batch_broadcast
+
+
+def pf_drift(sde: SDE, score: Callable, x: Tensor, t: Tensor) -> Tensor:
+    """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2, t of shape (B,)."""
+    coef = sde.drift_coeff(t)
+    g2 = sde._diffusion(t) ** 2
+    return batch_broadcast(coef, x) * x - 0.5 * batch_broadcast(g2, x) * score(x, t)
+
+
+class Counter:
+    """Counts score evaluations (NFE) on the host, optionally ticking a tqdm bar: no device sync."""
+
+    def __init__(self, score: Callable, progress: bool = False, desc: str = "", total: Optional[int] = None):
+        self.score = score
+        self.nfe = 0
+        self.bar = tqdm(total=total, desc=desc, unit="nfe", leave=False) if progress else None
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return self.score(x, t)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def clamped_time(t: Tensor, lo: float, hi: float, batch: int, like: Tensor) -> Tensor:
+    """Solver time -> a (B,) score time inside [lo, hi]. Adaptive solvers evaluate past their end
+    point (and interpolate back); the clamp keeps the score inside its domain there."""
+    return t.to(like.dtype).clamp(lo, hi).expand(batch)
