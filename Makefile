@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -68,6 +68,7 @@ class GaussianMixture:
         self.means = mu
         self.covs = S
         self._lam = lam.clamp(min=0)
+        self._singular = bool((self._lam == 0).any())
         self._U = U
         self._cache = {}
 
@@ -94,6 +95,9 @@ class GaussianMixture:
     def _terms(self, x: Tensor, alpha: Tensor, sigma: Tensor):
         """Per-component log(w_k N(x; alpha mu_k, C_k)) (B, K) and C_k^{-1}(x - alpha mu_k) (B, K, D)."""
         logw, mu, lam, U = self._on(x)
+        if self._singular and sigma.device.type == "cpu" and bool((sigma == 0).any()):
+            raise ValueError("the density is undefined where a covariance is singular and sigma(t) = 0 "
+                             "(e.g. log_prob of a mixture with a zero-variance direction): use t > 0")
         a = alpha[:, None, None]
         r = x[:, None, :] - a * mu[None]                                 # (B, K, D)
         y = torch.einsum("kdj,bkd->bkj", U, r)                           # eigenbasis coordinates

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import math
+import operator
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -39,9 +40,13 @@ class SDE(abc.ABC):
     T: float = 1.0
 
     def __init__(self, N: int):
-        if not isinstance(N, int) or isinstance(N, bool) or N < 2:
+        try:
+            n = operator.index(N) if not isinstance(N, bool) else None
+        except TypeError:
+            n = None
+        if n is None or n < 2:
             raise ValueError(f"N must be an integer >= 2 (number of discretization steps), got {N!r}")
-        self.N = N
+        self.N = int(n)
         self._tables = {}
 
     # ---- the three scalar functions that define the SDE -------------------------------------
@@ -78,7 +83,7 @@ class SDE(abc.ABC):
             return torch.full((B,), t, device=like.device, dtype=like.dtype)
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, B)):
             raise ValueError(f"t must be a float or a tensor of shape ({B},) matching the batch, got shape {tuple(t.shape)}")
-        if t.device.type == "cpu" and t.numel() and (bool((t < 0).any()) or bool((t > self.T).any())):
+        if t.device.type == "cpu" and t.numel() and not bool(((t >= 0) & (t <= self.T)).all()):
             raise ValueError(f"t must lie in [0, T] = [0, {self.T}], got values in [{t.min().item()}, {t.max().item()}]")
         return t.to(device=like.device, dtype=like.dtype).expand(B)
 
@@ -90,7 +95,7 @@ class SDE(abc.ABC):
     def diffusion(self, t: TimeLike, like: Optional[Tensor] = None) -> Tensor:
         """g(t), shape (B,)."""
         if like is None:
-            like = t if torch.is_tensor(t) and t.dim() == 1 else torch.zeros(1)
+            like = t if torch.is_tensor(t) else torch.zeros(1)
         return self._diffusion(self.time(t, like))
 
     def sde(self, x: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
@@ -101,7 +106,7 @@ class SDE(abc.ABC):
     def marginal_coeffs(self, t: TimeLike, like: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """(alpha(t), sigma(t)) with p_0t(x_t | x_0) = N(alpha x_0, sigma^2 I), each shape (B,)."""
         if like is None:
-            like = t if torch.is_tensor(t) and t.dim() == 1 else torch.zeros(1)
+            like = t if torch.is_tensor(t) else torch.zeros(1)
         return self._marginal_coeffs(self.time(t, like))
 
     def marginal_prob(self, x0: Tensor, t: TimeLike) -> Tuple[Tensor, Tensor]:
@@ -245,7 +250,8 @@ class VPSDE(_BetaLinearSDE):
         t = self.time(t, x)
         i = self.index(t)
         beta = self.table("discrete_betas", x)[i]
-        return (batch_broadcast(torch.sqrt(1 - beta), x) - 1) * x, torch.sqrt(beta)
+        # sqrt(1 - beta) - 1 written without cancellation (beta is as small as 1e-4)
+        return batch_broadcast(-beta / (1 + torch.sqrt(1 - beta)), x) * x, torch.sqrt(beta)
 
 
 class SubVPSDE(_BetaLinearSDE):

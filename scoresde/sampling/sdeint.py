@@ -49,6 +49,12 @@ def reverse_sde(score_fn, sde: SDE, x_T: Tensor, *, method: str = "euler", steps
     ``method``: "euler" (Euler–Maruyama), "milstein", "srk" (strong order 1.5 for additive noise),
     "reversible_heun"; fixed step (T - eps) / steps. The Brownian path is a torchsde
     ``BrownianInterval`` seeded from ``generator``, so a run is reproducible.
+
+    Caution with "reversible_heun": on y' = lambda y its two roots are mu ± sqrt(1 + mu^2), mu =
+    lambda h, so for contracting dynamics (lambda < 0, as the reverse drift is near every mode) the
+    parasitic one has modulus ≈ 1 + |lambda| h and grows like exp(∫|lambda| dt) *whatever the step*.
+    It needs thousands of steps on VP / sub-VP and diverges on VE (∫|lambda| dt ≈ 2 log(sigma_max /
+    sigma_min) ≈ 17); prefer the other methods unless you need its reversibility.
     """
     check_choice(method, "method", METHODS)
     steps = check_steps(steps)

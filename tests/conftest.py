@@ -1,0 +1,69 @@
+"""Shared fixtures: a 2-D Gaussian mixture with exact scores under each SDE, and the statistics the
+sampler tests use (energy distance with its same-distribution baseline, mode fractions)."""
+import pytest
+import torch
+
+import scoresde as sd
+
+# Tests run on tiny tensors, where a second intra-op thread only adds synchronisation; the suite
+# is parallelised across processes instead (pytest-xdist).
+torch.set_num_threads(1)
+
+
+def make_sdes():
+    return {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
+
+
+@pytest.fixture(scope="session")
+def mixture():
+    """Three well-separated components (overlap ~1e-9), full covariances, unequal weights."""
+    return sd.GaussianMixture(
+        weights=[0.2, 0.5, 0.3],
+        means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]],
+        covs=[[[0.09, 0.03], [0.03, 0.16]], [[0.25, -0.05], [-0.05, 0.09]], [[0.04, 0.0], [0.0, 0.25]]],
+    )
+
+
+@pytest.fixture(params=["vp", "subvp", "ve"])
+def sde(request):
+    return make_sdes()[request.param]
+
+
+def mean_distance(x, y, chunk=4096):
+    """E|X - Y| over all pairs, in float64, without materialising more than chunk x len(x) distances."""
+    x, y = x.double(), y.double()
+    return sum(torch.cdist(x, yc).sum().item() for yc in y.split(chunk)) / (len(x) * len(y))
+
+
+class TwoSampleCheck:
+    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| of a sample X to a large exact reference Y (4x the
+    sample size, so the reference's own fluctuation hardly moves the statistic), judged against its
+    null distribution: R further exact samples of the same size give the statistic's mean and sd when
+    nothing is wrong. A sample passes if its distance is below mean + 5 sd (a false alarm has
+    probability well under 1e-3 even for the right-skewed null).
+    ``test_two_sample_check_has_power`` shows that it catches real errors."""
+
+    def __init__(self, target, n, generator, replicates=16):
+        self.n = n
+        self.ref = target.sample(4 * n, generator, dtype=torch.float64)
+        self.ref_spread = mean_distance(self.ref, self.ref)
+        null = torch.tensor([self.distance(target.sample(n, generator, dtype=torch.float64)) for _ in range(replicates)])
+        self.null_mean, self.null_sd = null.mean().item(), null.std().item()
+        self.threshold = self.null_mean + 5 * self.null_sd
+
+    def distance(self, x):
+        return 2 * mean_distance(x, self.ref) - mean_distance(x, x) - self.ref_spread
+
+    def assert_matches(self, x, label=""):
+        d = self.distance(x)
+        assert d < self.threshold, (f"{label}: energy distance {d:.2e} above the same-distribution threshold "
+                                    f"{self.threshold:.2e} (null mean {self.null_mean:.2e}, sd {self.null_sd:.2e})")
+
+
+def assert_mode_weights(mixture, x, label="", z=4.5):
+    """Fraction of samples nearest each component within z binomial standard errors of its weight."""
+    counts = torch.bincount(mixture.classify(x), minlength=mixture.num_components).double()
+    frac = counts / counts.sum()
+    w = mixture.weights
+    se = (w * (1 - w) / counts.sum()).sqrt()
+    assert ((frac - w).abs() <= z * se).all(), f"{label}: mode fractions {frac.tolist()} vs weights {w.tolist()} (se {se.tolist()})"
