@@ -35,7 +35,6 @@ def test_default_prior_costs_only_the_prior_mismatch(mixture):
     res = sd.log_likelihood(mixture.score_fn(sde), sde, x, estimator="exact", eps=EPS)
     gap = sde.prior_logp(res.z) - mixture.log_prob_t(res.z, 1.0, sde)
     assert (res.logp - gap - mixture.log_prob_t(x, EPS, sde)).abs().mean() < 1e-3
-    assert gap.abs().max() < 1e-3  # at T = 1 the VP marginal is N(0, I) to within 1e-3 nats
 
 
 @pytest.mark.parametrize("method,options", [("rk4", dict(steps=200)), ("bosh3", dict(rtol=1e-6, atol=1e-6))])
