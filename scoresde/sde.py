@@ -208,6 +208,9 @@ class _BetaLinearSDE(SDE):
         beta_min, beta_max = float(beta_min), float(beta_max)
         if not (math.isfinite(beta_min) and math.isfinite(beta_max) and 0 < beta_min < beta_max):
             raise ValueError(f"beta_min and beta_max must be finite with 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        if beta_max / N >= 1:
+            raise ValueError(f"beta_max / N must be < 1 so every discrete beta_i < 1 (alphas stay positive), "
+                             f"got beta_max={beta_max}, N={N}")
         self.beta_min, self.beta_max = beta_min, beta_max
         #: DDPM's schedule: linspace(beta_min / N, beta_max / N, N), i.e. 1e-4 … 0.02 for the defaults.
         self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N, dtype=torch.float64)

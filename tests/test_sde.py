@@ -497,8 +497,9 @@ def test_bad_N(cls, N):
 
 
 def test_small_N_ok():
-    for cls in (VPSDE, SubVPSDE, VESDE):
-        assert cls(N=2).N == 2
+    assert VESDE(N=2).N == 2
+    for cls in (VPSDE, SubVPSDE):
+        assert cls(beta_max=1.5, N=2).N == 2
 
 
 @pytest.mark.parametrize("cls", [VPSDE, SubVPSDE])
@@ -530,7 +531,7 @@ def test_zero_dim_float64_time_keeps_dtype():
 
 def test_numpy_integer_N_is_accepted():
     import numpy as np
-    assert VPSDE(N=np.int64(10)).N == 10
+    assert VPSDE(N=np.int64(100)).N == 100
 
 
 def test_vp_discretize_float32_has_no_cancellation():
@@ -540,3 +541,11 @@ def test_vp_discretize_float32_has_no_cancellation():
     f, _ = sde.discretize(x, 0.0)
     exact = math.sqrt(1 - 1e-4) - 1
     assert abs(f.item() - exact) <= 2 * abs(exact) * torch.finfo(torch.float32).eps
+
+
+def test_vp_chain_with_beta_at_least_one_is_rejected():
+    """beta_max / N >= 1 would make some beta_i >= 1: alphas <= 0 and a NaN chain."""
+    for cls in (VPSDE, SubVPSDE):
+        with pytest.raises(ValueError, match="beta_max / N"):
+            cls(N=10)
+        cls(beta_max=5.0, N=10)  # fine

@@ -106,19 +106,13 @@ def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, de
     """Run the grid's steps (optionally with a corrector before each), then denoise at t_n."""
     ts = device_times(grid, x)
     B = x.shape[0]
+    end = float(grid.alpha[-1]), float(grid.sigma[-1])  # read before the loop, not after it
     for k in trange(grid.steps, disable=not progress, desc=desc, leave=False):
         t = ts[k].expand(B)
         if corrector is not None:
             x = corrector(k, x, t)
         x = linear_step(score, steps, k, x, t, generator)
-    return finish(score, grid, x, ts, denoise)
-
-
-def finish(score: Callable, grid: Grid, x: Tensor, ts: Tensor, denoise: bool) -> Tensor:
-    if not denoise:
-        return x
-    n = grid.steps
-    return tweedie(score, x, ts[n].expand(x.shape[0]), float(grid.alpha[n]), float(grid.sigma[n]))
+    return tweedie(score, x, ts[-1].expand(B), *end) if denoise else x
 
 
 # ---- coefficient tables of the linear samplers (float64, one entry per step) -------------------
