@@ -20,10 +20,9 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from .sde import SDE
-from .sampling._loop import check_choice, checked_score
+from . import _checks
 from .sampling._ode import Counter, clamped_time, pf_drift
-from .sampling.grids import check_steps
-from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS, STAGES, check_tolerance
+from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS, STAGES
 
 ESTIMATORS = ("hutchinson", "exact")
 NOISES = ("rademacher", "gaussian")
@@ -90,28 +89,19 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
         method, rtol, atol, steps: torchdiffeq solver; fixed-step methods use ``steps`` uniform steps.
         prior_logp: log p_T to use instead of ``sde.prior_logp`` (e.g. an exact p_T for tests).
     """
-    check_choice(estimator, "estimator", ESTIMATORS)
-    check_choice(noise, "noise", NOISES)
-    check_choice(method, "method", ADAPTIVE_METHODS + tuple(FIXED_METHODS))
-    check_steps(probes, "probes")
-    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a floating-point tensor of shape (B, ...) with B >= 1, got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values")
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        eps = float("nan")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
-    score = checked_score(score_fn)
+    _checks.choice(estimator, "estimator", ESTIMATORS)
+    _checks.choice(noise, "noise", NOISES)
+    _checks.choice(method, "method", ADAPTIVE_METHODS + tuple(FIXED_METHODS))
+    _checks.positive_int(probes, "probes")
+    _checks.batch(x, "x")
+    eps = _checks.eps(sde, eps)
+    score = _checks.score_function(score_fn)
     B, T = x.shape[0], sde.T
     if method in ADAPTIVE_METHODS:
-        rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
+        rtol, atol = _checks.tolerance(rtol, "rtol"), _checks.tolerance(atol, "atol")
         options, total = None, None
     else:
-        check_steps(steps)
+        _checks.positive_int(steps)
         grid = torch.linspace(eps, T, steps + 1, device=x.device, dtype=x.dtype)
         options, total = {"grid_constructor": lambda func, y0, t: grid}, steps * STAGES[method]
     counted = Counter(score, progress, "log_likelihood", total)

@@ -13,7 +13,6 @@ a Gaussian mixture and no training:
 All runs are tiny (8 samples, a handful of steps, loose ODE tolerances).
 """
 import contextlib
-import math
 
 import pytest
 import torch

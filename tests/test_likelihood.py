@@ -6,7 +6,6 @@ import torch
 
 import scoresde as sd
 from scoresde import sampling as S
-from conftest import make_sdes
 
 EPS = 1e-5
 

@@ -1,11 +1,9 @@
 """Every sampler against the exact answer: with the exact score of a Gaussian mixture, samples of
 p_eps started from exact draws of p_T must be indistinguishable from exact draws of p_eps."""
-import math
 
 import pytest
 import torch
 
-import scoresde as sd
 from scoresde import sampling as S
 from conftest import TwoSampleCheck, assert_mode_weights, make_sdes
 

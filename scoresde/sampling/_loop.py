@@ -12,7 +12,7 @@ share ``run_linear`` below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor
@@ -20,38 +20,6 @@ from tqdm.auto import trange
 
 from ..sde import SDE
 from .grids import Grid
-
-
-def check_choice(value, name: str, choices: Sequence) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-def check_prior_draw(x_T) -> Tensor:
-    """x_T must be a floating tensor with a batch dimension and finite values (one check, before any loop)."""
-    if not torch.is_tensor(x_T) or not x_T.is_floating_point():
-        raise ValueError(f"x_T must be a floating-point tensor of shape (B, ...), got {type(x_T).__name__}"
-                         + (f" of dtype {x_T.dtype}" if torch.is_tensor(x_T) else ""))
-    if x_T.dim() < 1 or x_T.shape[0] == 0:
-        raise ValueError(f"x_T must have a non-empty batch dimension, got shape {tuple(x_T.shape)}")
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T contains NaN or infinite values")
-    return x_T
-
-
-def checked_score(score_fn: Callable) -> Callable[[Tensor, Tensor], Tensor]:
-    """Wrap a score function so a wrongly shaped output is one clear error (a shape test, no sync)."""
-    if not callable(score_fn):
-        raise ValueError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
-
-    def score(x: Tensor, t: Tensor) -> Tensor:
-        s = score_fn(x, t)
-        if not torch.is_tensor(s) or s.shape != x.shape:
-            got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-        return s
-
-    return score
 
 
 def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:

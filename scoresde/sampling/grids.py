@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..sde import SDE
 
 SCHEDULES = ("uniform", "logsnr", "quadratic", "karras")
@@ -40,22 +41,6 @@ class Grid:
     @property
     def steps(self) -> int:
         return self.t.numel() - 1
-
-
-def check_steps(steps, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name} must be a positive integer, got {steps!r}")
-    return steps
-
-
-def check_eps(sde: SDE, eps) -> float:
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a number in (0, T) = (0, {sde.T}), got {eps!r}") from None
-    if not (0.0 < eps < sde.T):
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
-    return eps
 
 
 def logsnr(sde: SDE, t: Tensor) -> Tensor:
@@ -80,8 +65,8 @@ def time_grid(sde: SDE, steps: int = 100, eps: float = 1e-3, schedule: Schedule 
     """A descending float64 tensor of ``steps + 1`` times from T to ``eps`` (see module docstring)."""
     if not isinstance(schedule, str):
         return _explicit_grid(sde, schedule)
-    steps = check_steps(steps)
-    eps = check_eps(sde, eps)
+    steps = _checks.positive_int(steps)
+    eps = _checks.eps(sde, eps)
     T = sde.T
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if schedule == "uniform":

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..sde import SDE
 from . import _loop
-from ._loop import check_prior_draw, checked_score
+from .. import _checks
 from .grids import Schedule, make_grid
 
 
@@ -28,14 +28,9 @@ def ddim(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 50, eta: float = 0.0, 
     this uses alphas_cumprod[i] and is exactly the DDIM paper's update; alphā = 1 follows the last
     index, so the result is x̂_0 there (``denoise=True``; with ``denoise=False``, x at the last index).
     """
-    try:
-        eta = float(eta)
-    except (TypeError, ValueError):
-        eta = float("nan")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    score = checked_score(score_fn)
-    x = check_prior_draw(x_T)
+    eta = _checks.number(eta, "eta", 0.0, 1.0, closed=True)
+    score = _checks.score_function(score_fn)
+    x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule, timesteps)
     return _loop.run_linear(score, grid, _loop.ddim_steps(grid, eta), x, denoise=denoise,
                             generator=generator, progress=progress, desc="ddim")

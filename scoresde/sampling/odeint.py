@@ -8,24 +8,15 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from ..sde import SDE
-from ._loop import check_choice, check_prior_draw, checked_score, tweedie_at
+from .. import _checks
+from ._loop import tweedie_at
 from ._ode import Counter, clamped_time, pf_drift
-from .grids import Schedule, check_eps, time_grid
+from .grids import Schedule, time_grid
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 #: our name -> torchdiffeq's (torchdiffeq calls the 2nd-order Heun method "heun2")
 FIXED_METHODS = {"euler": "euler", "midpoint": "midpoint", "rk4": "rk4", "heun": "heun2", "heun3": "heun3"}
 STAGES = {"euler": 1, "midpoint": 2, "rk4": 4, "heun": 2, "heun3": 3}
-
-
-def check_tolerance(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-    return value
 
 
 def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5", rtol: float = 1e-5,
@@ -38,13 +29,13 @@ def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5",
     rk4, heun, heun3) step along the grid of ``steps`` steps given by ``schedule``. Deterministic:
     ``generator`` is accepted for a uniform signature and unused. The progress bar counts NFE.
     """
-    check_choice(method, "method", ADAPTIVE_METHODS + tuple(FIXED_METHODS))
-    score = checked_score(score_fn)
-    x = check_prior_draw(x_T)
+    _checks.choice(method, "method", ADAPTIVE_METHODS + tuple(FIXED_METHODS))
+    score = _checks.score_function(score_fn)
+    x = _checks.batch(x_T)
     shape, B = x.shape, x.shape[0]
     if method in ADAPTIVE_METHODS:
-        rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
-        eps = check_eps(sde, eps)
+        rtol, atol = _checks.tolerance(rtol, "rtol"), _checks.tolerance(atol, "atol")
+        eps = _checks.eps(sde, eps)
         grid_t = torch.tensor([sde.T, eps], dtype=torch.float64)
         options, total = None, None
     else:

@@ -8,9 +8,9 @@ import torchsde
 from torch import Tensor
 
 from ..sde import SDE
-from ._loop import check_choice, check_prior_draw, checked_score, tweedie_at
+from .. import _checks
+from ._loop import tweedie_at
 from ._ode import Counter, clamped_time
-from .grids import check_eps, check_steps
 
 METHODS = ("euler", "milstein", "srk", "reversible_heun")
 
@@ -56,11 +56,11 @@ def reverse_sde(score_fn, sde: SDE, x_T: Tensor, *, method: str = "euler", steps
     It needs thousands of steps on VP / sub-VP and diverges on VE (∫|lambda| dt ≈ 2 log(sigma_max /
     sigma_min) ≈ 17); prefer the other methods unless you need its reversibility.
     """
-    check_choice(method, "method", METHODS)
-    steps = check_steps(steps)
-    eps = check_eps(sde, eps)
-    score = checked_score(score_fn)
-    x = check_prior_draw(x_T)
+    _checks.choice(method, "method", METHODS)
+    steps = _checks.positive_int(steps)
+    eps = _checks.eps(sde, eps)
+    score = _checks.score_function(score_fn)
+    x = _checks.batch(x_T)
     shape = x.shape
     y0 = x.reshape(shape[0], -1)
     counted = Counter(score, progress, "reverse_sde", steps * (2 if method in ("srk",) else 1))

@@ -5,6 +5,7 @@ loop of ``_loop.run_linear``; they differ only in their coefficient tables.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -12,8 +13,9 @@ from torch import Tensor
 
 from ..sde import SDE, VESDE
 from . import _loop
-from ._loop import LinearSteps, check_choice, check_prior_draw, checked_score, randn_like
-from .grids import Schedule, check_steps, make_grid
+from .. import _checks
+from ._loop import LinearSteps, randn_like
+from .grids import Schedule, make_grid
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", None)
 CORRECTORS = ("langevin", "annealed_langevin", None)
@@ -27,8 +29,8 @@ def euler_maruyama(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, eps: f
 
     Step t_k -> t_{k+1}, h = t_k - t_{k+1}:  x <- x - [f(x, t_k) - g(t_k)^2 score(x, t_k)] h + g(t_k) sqrt(h) z.
     """
-    score = checked_score(score_fn)
-    x = check_prior_draw(x_T)
+    score = _checks.score_function(score_fn)
+    x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule)
     return _loop.run_linear(score, grid, _loop.euler_maruyama_steps(sde, grid), x, denoise=denoise,
                             generator=generator, progress=progress, desc="euler_maruyama")
@@ -49,11 +51,11 @@ def ancestral(score_fn, sde: SDE, x_T: Tensor, *, steps: Optional[int] = None, e
     itself: with all N indices on a VPSDE this *is* DDPM's Algorithm 2, the final noiseless step
     being the denoising step. Otherwise a continuous grid of ``steps`` (default N) steps is used.
     """
-    score = checked_score(score_fn)
-    x = check_prior_draw(x_T)
+    score = _checks.score_function(score_fn)
+    x = _checks.batch(x_T)
     if variance is None:
         variance = "posterior" if isinstance(sde, VESDE) else "beta"
-    check_choice(variance, "variance", VARIANCES)
+    _checks.choice(variance, "variance", VARIANCES)
     grid = make_grid(sde, sde.N if steps is None else steps, eps, schedule, timesteps)
     return _loop.run_linear(score, grid, _loop.ancestral_steps(grid, variance), x, denoise=denoise,
                             generator=generator, progress=progress, desc="ancestral")
@@ -74,20 +76,15 @@ def predictor_corrector(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, e
       - "annealed_langevin": delta = 2 a_k^2 (snr sigma(t_k))^2 (NCSN's annealed Langevin dynamics);
       - None.
     """
-    check_choice(predictor, "predictor", PREDICTORS)
-    check_choice(corrector, "corrector", CORRECTORS)
+    _checks.choice(predictor, "predictor", PREDICTORS)
+    _checks.choice(corrector, "corrector", CORRECTORS)
     if predictor is None and corrector is None:
         raise ValueError("predictor and corrector cannot both be None")
-    try:
-        snr = float(snr)
-    except (TypeError, ValueError):
-        snr = float("nan")
-    if not snr > 0 or snr == float("inf"):
-        raise ValueError(f"snr must be a positive finite number, got {snr!r}")
+    snr = _checks.number(snr, "snr", 0.0, math.inf)
     if corrector is not None:
-        check_steps(corrector_steps, "corrector_steps")
-    score = checked_score(score_fn)
-    x = check_prior_draw(x_T)
+        _checks.positive_int(corrector_steps, "corrector_steps")
+    score = _checks.score_function(score_fn)
+    x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule)
     if predictor == "reverse_diffusion":
         pred = _loop.reverse_diffusion_steps(grid)
