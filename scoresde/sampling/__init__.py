@@ -4,13 +4,36 @@ All start from the given prior draw ``x_T``, run on a time grid from T down to `
 ``denoise=True`` (the default), finish with one Tweedie step to E[x_0 | x_eps]. With the exact
 score they all converge to the same distribution, and the ODE ones to the same path.
 """
+import torch
+
 from .grids import SCHEDULES, Grid, logsnr, make_grid, time_grid
 from .implicit import ddim
-from .odeint import probability_flow
+from .odeint import ADAPTIVE_METHODS, probability_flow
 from .sdeint import reverse_sde
 from .stochastic import CORRECTORS, PREDICTORS, ancestral, euler_maruyama, predictor_corrector
 
+#: name -> sampler, as the command line and configs name them
+SAMPLERS = {
+    "euler_maruyama": euler_maruyama, "predictor_corrector": predictor_corrector, "ancestral": ancestral,
+    "probability_flow": probability_flow, "reverse_sde": reverse_sde, "ddim": ddim,
+}
+
+
+def sample(name, score_fn, sde, shape, *, steps=None, eps=1e-3, generator=None, device=None,
+           dtype=torch.float32, progress=False, **options):
+    """Draw x_T from the SDE's prior with ``generator`` and run the sampler called ``name``.
+
+    ``steps`` is ignored by adaptive probability-flow methods (they use rtol/atol)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {name!r}")
+    x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    if steps is not None and not (name == "probability_flow" and options.get("method", "dopri5") in ADAPTIVE_METHODS):
+        options["steps"] = steps
+    return SAMPLERS[name](score_fn, sde, x_T, eps=eps, generator=generator, progress=progress, **options)
+
+
 __all__ = [
+    "sample", "SAMPLERS",
     "euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim",
     "time_grid", "make_grid", "Grid", "logsnr", "SCHEDULES", "PREDICTORS", "CORRECTORS",
 ]

@@ -1,0 +1,158 @@
+"""Files that are never half-written and never run code when read.
+
+Checkpoints are directories ``ckpt_<step>/`` holding tensors in safetensors files and everything
+else in ``meta.json``. A checkpoint is assembled in a temporary directory next to its final place,
+every file is fsynced, and one ``rename`` publishes it: a crash at any moment leaves either the
+old set of checkpoints or the new one, never a torn file. Nothing here uses pickle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CKPT_PATTERN = re.compile(r"^ckpt_(\d{8,})$")
+FORMAT_VERSION = 1
+TENSOR_FILES = ("model", "ema", "optimizer", "state")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt_{step:08d}"
+
+
+def list_checkpoints(directory: str) -> List[Tuple[int, str]]:
+    """(step, path) of the checkpoint directories in ``directory``, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        m = CKPT_PATTERN.match(name)
+        if m and os.path.isdir(os.path.join(directory, name)):
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(directory: str, step: int, tensors: Dict[str, Dict[str, torch.Tensor]], meta: dict,
+                    keep: Optional[int] = None) -> str:
+    """Publish ``directory/ckpt_<step>/`` atomically: one safetensors file per entry of ``tensors``
+    plus ``meta.json``. Older checkpoints beyond the newest ``keep`` are removed afterwards."""
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, checkpoint_name(step))
+    tmp = tempfile.mkdtemp(dir=directory, prefix=f".{checkpoint_name(step)}.", suffix=".tmp")
+    try:
+        for name, group in tensors.items():
+            path = os.path.join(tmp, f"{name}.safetensors")
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, path)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        meta = dict(meta, format_version=FORMAT_VERSION, step=step, files=sorted(tensors))
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if os.path.exists(final):  # the same step written again (e.g. a final save): swap it out
+            stale = final + f".stale-{os.getpid()}"
+            os.rename(final, stale)
+            os.rename(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None:
+        for _, old in list_checkpoints(directory)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str) -> Tuple[dict, Dict[str, Dict[str, torch.Tensor]]]:
+    """Read a checkpoint directory: (meta, {file: tensors}). Any problem is a CheckpointError."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    meta_path = os.path.join(path, "meta.json")
+    try:
+        with open(meta_path, "r", encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta_path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({_short(e)})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{meta_path}: not a scoresde checkpoint (format_version {FORMAT_VERSION} and an integer step expected)")
+    files = meta.get("files")
+    if not isinstance(files, list) or not all(isinstance(n, str) and n in TENSOR_FILES for n in files):
+        raise CheckpointError(f"{meta_path}: 'files' must list tensor files among {TENSOR_FILES}")
+    tensors = {}
+    for name in files:
+        fpath = os.path.join(path, f"{name}.safetensors")
+        try:
+            tensors[name] = load_file(fpath)
+        except FileNotFoundError:
+            raise CheckpointError(f"{fpath}: missing") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{fpath}: not a readable safetensors file ({_short(e)})") from None
+    return meta, tensors
+
+
+def newest_checkpoint(directory: str) -> Optional[Tuple[dict, Dict[str, Dict[str, torch.Tensor]], str]]:
+    """The newest checkpoint in ``directory`` that reads cleanly, skipping damaged ones; None if none."""
+    for _, path in list_checkpoints(directory):
+        try:
+            meta, tensors = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        return meta, tensors, path
+    return None
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]

@@ -1,0 +1,216 @@
+"""A U-Net score network for images in the spirit of DDPM++ / NCSN++ (Ho et al. 2020; Song et al. 2021).
+
+    temb = W_2 SiLU(W_1 Emb(c))                           c = t or log sigma(t), Emb Fourier or sinusoidal
+    h    = Conv3x3(x)
+    down: per resolution, num_res_blocks x [ResBlock (+ self-attention)], then a stride-2 conv
+    mid:  ResBlock, self-attention, ResBlock
+    up:   per resolution, (num_res_blocks + 1) x [ResBlock on concat(h, skip) (+ attention)], then
+          nearest-neighbour x2 + Conv3x3
+    out  = Conv3x3(SiLU(GroupNorm(h)))                     zero-initialised
+
+ResBlock(h) = (Skip(h) + Conv(Dropout(SiLU(GN(Conv(SiLU(GN(h))) + Dense(SiLU(temb))))))) / sqrt(2),
+AttnBlock(h) = (h + Proj(softmax(Q K^T / sqrt(C)) V)) / sqrt(2), with Q, K, V 1x1 convs of GN(h).
+The 1/sqrt(2) ("skip_rescale", DDPM++) keeps the variance of the residual stream constant; the last
+conv of every residual branch and the output conv start at zero (DDPM), so each block starts as
+the identity and the network as the zero function.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .embeddings import make_embedding
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _int_tuple(value, name: str, *, allow_empty: bool) -> tuple:
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = None
+    if items is None or (not items and not allow_empty) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items):
+        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}sequence of positive integers, got {value!r}")
+    return items
+
+
+def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+    """GroupNorm with the largest number of groups <= num_groups that divides ``channels``."""
+    groups = max(g for g in range(1, min(num_groups, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    nn.init.zeros_(module.weight)
+    nn.init.zeros_(module.bias)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Residual block with time conditioning added after the first conv (DDPM++'s ResnetBlockDDPM)."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, skip_rescale: bool, num_groups: int):
+        super().__init__()
+        self.norm1 = group_norm(in_ch, num_groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, out_ch)
+        self.norm2 = group_norm(out_ch, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return (self.skip(x) + h) * self.scale
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all H*W positions."""
+
+    def __init__(self, channels: int, skip_rescale: bool, num_groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, num_groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # each (B, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        return (x + h) * self.scale
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """U-Net f(x, c) for images x of shape (B, in_channels, image_size, image_size), c of shape (B,).
+
+    Args:
+        in_channels: image channels (the output has the same).
+        channels: base width; level l has channels * channel_mults[l] channels.
+        channel_mults: one entry per resolution; the image is halved between levels, so image_size
+            must be divisible by 2^(len(channel_mults) - 1) (28 -> 14 -> 7 for (1, 2, 2)).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attn_resolutions: resolutions (side lengths) at which self-attention follows each block.
+        dropout: dropout rate inside the residual blocks.
+        image_size: side length of the (square) input.
+        embedding: "fourier" or "sinusoidal" embedding of c; fourier_scale: std of its frequencies.
+        skip_rescale: scale residual sums by 1/sqrt(2).
+        num_groups: GroupNorm groups (the largest divisor of the channel count up to this).
+    """
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, channel_mults: Sequence[int] = (1, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
+                 image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
+                 skip_rescale: bool = True, num_groups: int = 32):
+        super().__init__()
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        _positive_int(channels, "channels")
+        channel_mults = _int_tuple(channel_mults, "channel_mults", allow_empty=False)
+        if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be a non-negative integer, got {num_res_blocks!r}")
+        attn_resolutions = set(_int_tuple(attn_resolutions, "attn_resolutions", allow_empty=True))
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.image_size = _positive_int(image_size, "image_size")
+        factor = 2 ** (len(channel_mults) - 1)
+        if image_size % factor:
+            raise ValueError(f"image_size must be divisible by 2^(len(channel_mults) - 1) = {factor} so every "
+                             f"downsampling halves it exactly, got image_size={image_size} with channel_mults={channel_mults}")
+        _positive_int(num_groups, "num_groups")
+
+        temb_dim = 4 * channels
+        self.embed = make_embedding(embedding, channels, fourier_scale)
+        self.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        block = lambda i, o: ResBlock(i, o, temb_dim, dropout, skip_rescale, num_groups)  # noqa: E731
+        attn = lambda c: AttnBlock(c, skip_rescale, num_groups)  # noqa: E731
+
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        # Down path: record the channel count of every feature map kept for a skip connection.
+        self.down = nn.ModuleList()
+        skips, ch, res = [channels], channels, image_size
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                layers = [block(ch, channels * mult)]
+                ch = channels * mult
+                if res in attn_resolutions:
+                    layers.append(attn(ch))
+                self.down.append(nn.ModuleList(layers))
+                skips.append(ch)
+            if level != len(channel_mults) - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skips.append(ch)
+                res //= 2
+        self.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])
+        # Up path: each block consumes one skip, in reverse order.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mults))):
+            for _ in range(num_res_blocks + 1):
+                layers = [block(ch + skips.pop(), channels * mult)]
+                ch = channels * mult
+                if res in attn_resolutions:
+                    layers.append(attn(ch))
+                self.up.append(nn.ModuleList(layers))
+            if level != 0:
+                self.up.append(nn.ModuleList([Upsample(ch)]))
+                res *= 2
+        assert not skips, "every skip connection is consumed once"
+        self.norm_out = group_norm(ch, num_groups)
+        self.conv_out = _zero(nn.Conv2d(ch, in_channels, 3, padding=1))
+
+    @staticmethod
+    def _run(layers: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
+        for layer in layers:
+            h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
+        if not torch.is_tensor(c) or c.shape != x.shape[:1]:
+            got = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
+            raise ValueError(f"c must be a tensor of shape ({x.shape[0]},) matching the batch, got {got}")
+        temb = self.time_mlp(self.embed(c))
+        h = self.conv_in(x)
+        hs = [h]
+        for layers in self.down:
+            h = self._run(layers, h, temb)
+            hs.append(h)
+        h = self._run(self.mid, h, temb)
+        for layers in self.up:
+            if isinstance(layers[0], ResBlock):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = self._run(layers, h, temb)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,383 @@
+"""The training loop: denoising score matching with Adam, warmup, clipping, an EMA of the weights,
+atomic checkpoints that resume exactly, JSONL metrics, and data parallelism with torch DDP.
+
+Exact resumption without saving RNG streams: all randomness of step s (diffusion times, noise,
+dropout) comes from generators seeded by (seed, rank, s), and the data order from a BatchStream
+whose position is saved. So a run stopped after step s and resumed computes bit-for-bit the same
+steps s+1, s+2, ... as one that never stopped (on CPU; GPU kernels may be non-deterministic).
+
+Data parallelism: under ``torchrun`` every rank draws the same global batch from the stream and
+trains on its own slice ``batch[rank::world]``; DDP averages the gradients, so the weights stay
+identical on all ranks. Rank 0 writes checkpoints, metrics and snapshots.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from . import io
+from .config import Config, from_dict, save_config
+from .data import BatchStream, load_dataset
+from .losses import LOSSES
+from .nets import build_net
+from .score import ScoreModel
+from .sde import SDE, SubVPSDE, VESDE, VPSDE
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); the last good checkpoint is kept."""
+
+
+def build_sde(cfg: Config) -> SDE:
+    s = cfg.sde
+    if s.type == "vp":
+        return VPSDE(s.beta_min, s.beta_max, s.N)
+    if s.type == "subvp":
+        return SubVPSDE(s.beta_min, s.beta_max, s.N)
+    return VESDE(s.sigma_min, s.sigma_max, s.N)
+
+
+def build_score_model(cfg: Config, sde: SDE, data_shape) -> ScoreModel:
+    net = build_net(cfg.model["name"], tuple(data_shape), **cfg.net_kwargs)
+    return ScoreModel(net, sde, parameterization=cfg.model["parameterization"],
+                      conditioning=cfg.model.get("conditioning"))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+# ---- distributed -------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ---- optimizer state as tensors + JSON (no pickle) ----------------------------------------------
+
+def _optimizer_tensors(opt: torch.optim.Optimizer):
+    state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in state["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor], meta: dict) -> None:
+    state: Dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+
+class Trainer:
+    """One training run in ``workdir``: ``Trainer(cfg, workdir).fit(resume=...)``."""
+
+    def __init__(self, cfg: Config, workdir: str, progress: bool = True):
+        self.cfg, self.workdir, self.progress = cfg, workdir, progress
+        self.ckpt_dir = os.path.join(workdir, "checkpoints")
+        self.dist = init_distributed(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, self.dist.local_rank)
+        t = cfg.train
+        if t.batch_size % self.dist.world:
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes ({self.dist.world})")
+        self.dataset = load_dataset(cfg.data.name, "train", root=cfg.data.root, image_size=cfg.data.image_size,
+                                    n=cfg.data.n_train, generator=torch.Generator().manual_seed(t.seed))
+        self.sde = build_sde(cfg)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = build_score_model(cfg, self.sde, self.dataset.shape).to(self.device)
+        self.net = self.model.net
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=t.lr)
+        warmup = max(t.warmup, 0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip)
+        self.step = 0
+        self.train_model = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:
+            self.train_model = torch.compile(self.train_model)
+        loss_fn = LOSSES[t.loss]
+        if t.loss == "dsm":
+            self.loss_kwargs = dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
+                                    importance_sampling=t.importance_sampling, reduce=t.reduce)
+        else:
+            self.loss_kwargs = dict(reduce=t.reduce)
+        self.loss_fn = loss_fn
+        self.noise = torch.Generator(device=self.device)
+        self._stop_signal = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def _seed_step(self, step: int) -> None:
+        seed = ((self.cfg.train.seed * 65536 + self.dist.rank) * 2 ** 31 + step) % 2 ** 63
+        self.noise.manual_seed(seed)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+
+    def save(self) -> Optional[str]:
+        if not self.dist.main:
+            return None
+        opt_tensors, opt_meta = _optimizer_tensors(self.opt)
+        stream_state = self.stream.state_dict()
+        stream_tensors = {k: v for k, v in stream_state.items() if torch.is_tensor(v)}
+        stream_meta = {k: v for k, v in stream_state.items() if not torch.is_tensor(v)}
+        tensors = {
+            "model": self.net.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "optimizer": opt_tensors,
+            "state": dict({"ema.n_averaged": self.ema.n_averaged.detach().cpu()},
+                          **{f"stream.{k}": v for k, v in stream_tensors.items()}),
+        }
+        meta = {"config": self.cfg.to_dict(), "data_shape": list(self.dataset.shape),
+                "data_range": list(self.dataset.data_range), "optimizer": opt_meta,
+                "scheduler": self.sched.state_dict(), "stream": stream_meta}
+        return io.save_checkpoint(self.ckpt_dir, self.step, tensors, meta, keep=self.cfg.train.keep_checkpoints)
+
+    def restore(self, meta: dict, tensors: dict, path: str) -> None:
+        try:
+            self.net.load_state_dict(tensors["model"])
+            self.ema.module.load_state_dict(tensors["ema"])
+            self.ema.n_averaged.copy_(tensors["state"]["ema.n_averaged"])
+            _load_optimizer(self.opt, tensors["optimizer"], meta["optimizer"])
+            self.sched.load_state_dict(meta["scheduler"])
+            stream_state = dict(meta["stream"])
+            stream_state.update({k[len("stream."):]: v for k, v in tensors["state"].items() if k.startswith("stream.")})
+            self.stream.load_state_dict(stream_state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise io.CheckpointError(f"{path}: does not match this run's model and optimizer ({' '.join(str(e).split())[:300]})") from None
+        self.step = meta["step"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        t = self.cfg.train
+        if resume:
+            found = io.newest_checkpoint(self.ckpt_dir)
+            if found is not None:
+                self.restore(*found)
+        if self.dist.main:
+            os.makedirs(self.workdir, exist_ok=True)
+            save_config(self.cfg, os.path.join(self.workdir, "config.yaml"))
+            self._trim_metrics()
+        if self.step >= t.steps:
+            return {"step": self.step, "status": "already complete"}
+        writer = self._tensorboard()
+        self._install_signal_handlers()
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not (self.progress and self.dist.main))
+        running = torch.zeros((), device=self.device)
+        count, t_last, step_last = 0, time.time(), self.step
+        self.train_model.train()
+        try:
+            while self.step < t.steps:
+                self._seed_step(self.step)
+                batch = next(self.stream)[self.dist.rank::self.dist.world].to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
+                    loss = self.loss_fn(self.train_model, self.sde, batch, generator=self.noise, **self.loss_kwargs)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), t.grad_clip)
+                self.opt.step()
+                self.sched.step()
+                self.ema.update_parameters(self.net)
+                running += loss.detach()
+                count += 1
+                self.step += 1
+                bar.update(1)
+                last = self.step == t.steps or self._stop_signal is not None
+                if self.step % t.log_every == 0 or last or self.step % t.checkpoint_every == 0:
+                    mean_loss = (running / count).item()  # one host sync per log interval
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(f"the loss became {mean_loss} before step {self.step}; stopped without "
+                                            f"saving, the last good checkpoint in {self.ckpt_dir} is kept "
+                                            f"(lower train.lr or set train.grad_clip)")
+                    now = time.time()
+                    record = {"step": self.step, "loss": mean_loss, "lr": self.opt.param_groups[0]["lr"],
+                              "steps_per_sec": (self.step - step_last) / max(now - t_last, 1e-9)}
+                    self._log(record, writer)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    running.zero_()
+                    count, t_last, step_last = 0, now, self.step
+                if self.step % t.checkpoint_every == 0 or last:
+                    self.save()
+                    self.dist.barrier()
+                if t.snapshot_every and self.step % t.snapshot_every == 0 and self.dist.main:
+                    self.snapshot()
+                if self._stop_signal is not None:
+                    return {"step": self.step, "status": f"stopped by {self._stop_signal}, checkpoint written"}
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            self._restore_signal_handlers()
+        return {"step": self.step, "status": "complete"}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        self._old_handlers = {}
+
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old_handlers[sig] = signal.signal(sig, handler)
+        except ValueError:  # not in the main thread: leave signals alone
+            self._old_handlers = {}
+
+    def _restore_signal_handlers(self):
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+    def _metrics_path(self) -> str:
+        return os.path.join(self.workdir, "metrics.jsonl")
+
+    def _trim_metrics(self) -> None:
+        """On resume, drop records written after the checkpoint we resumed from."""
+        path = self._metrics_path()
+        if not os.path.exists(path):
+            return
+        keep = []
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= self.step:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a killed run
+        io.atomic_write_text(path, "".join(keep))
+
+    def _log(self, record: dict, writer) -> None:
+        if not self.dist.main:
+            return
+        with open(self._metrics_path(), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key in ("loss", "lr", "steps_per_sec"):
+                writer.add_scalar(f"train/{key}", record[key], record["step"])
+
+    def _tensorboard(self):
+        if not (self.cfg.train.tensorboard and self.dist.main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("train.tensorboard is true but tensorboard is not installed (pip install tensorboard)") from None
+        return SummaryWriter(os.path.join(self.workdir, "tb"))
+
+    def snapshot(self) -> str:
+        from .plot import save_samples
+        from .sampling import sample as run_sampler
+        score = ScoreModel(self.ema.module, self.sde, self.model.parameterization, self.model.conditioning).eval()
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed)
+        smp = self.cfg.sample
+        with torch.no_grad():
+            x = run_sampler(smp.sampler, score, self.sde, (smp.num,) + tuple(self.dataset.shape), steps=smp.steps,
+                            eps=smp.eps, generator=g, device=self.device)
+        path = os.path.join(self.workdir, "snapshots", f"step_{self.step:08d}.png")
+        save_samples(x.cpu(), self.dataset, path, title=f"step {self.step}")
+        return path
+
+
+def train(cfg: Config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` in ``workdir`` (see ``Trainer``); returns {'step', 'status'}."""
+    return Trainer(cfg, workdir, progress=progress).fit(resume=resume)
+
+
+# ---- loading a trained model ---------------------------------------------------------------------
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for sampling: ``net`` holds the EMA weights in eval mode."""
+
+    net: torch.nn.Module
+    sde: SDE
+    score_fn: ScoreModel
+    config: Config
+    step: int
+    data_shape: tuple
+    data_range: tuple
+    path: str
+
+
+def load(path: str, device: Optional[str] = None) -> LoadedRun:
+    """Load a run directory (its newest readable checkpoint) or one checkpoint directory."""
+    if not os.path.exists(path):
+        raise io.CheckpointError(f"{path}: no such run directory or checkpoint")
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        meta, tensors = io.load_checkpoint(path)
+        ckpt = path
+    else:
+        ckpt_dir = os.path.join(path, "checkpoints")
+        if not io.list_checkpoints(ckpt_dir):
+            raise io.CheckpointError(f"{path}: no checkpoints found (expected {ckpt_dir}/ckpt_<step>/)")
+        found = io.newest_checkpoint(ckpt_dir)
+        if found is None:
+            raise io.CheckpointError(f"{ckpt_dir}: no readable checkpoint (all are damaged)")
+        meta, tensors, ckpt = found
+    try:
+        cfg = from_dict(meta["config"], source=os.path.join(ckpt, "meta.json"))
+        data_shape = tuple(int(v) for v in meta["data_shape"])
+        data_range = tuple(float(v) for v in meta.get("data_range", (-1.0, 1.0)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise io.CheckpointError(f"{ckpt}/meta.json: invalid ({' '.join(str(e).split())[:200]})") from None
+    if "ema" not in tensors:
+        raise io.CheckpointError(f"{ckpt}: no ema.safetensors")
+    sde = build_sde(cfg)
+    model = build_score_model(cfg, sde, data_shape)
+    try:
+        model.net.load_state_dict(tensors["ema"])
+    except RuntimeError as e:
+        raise io.CheckpointError(f"{ckpt}/ema.safetensors: does not fit the configured network "
+                                 f"({' '.join(str(e).split())[:300]})") from None
+    dev = torch.device(device) if device else torch.device("cpu")
+    model = model.to(dev).eval()
+    return LoadedRun(net=model.net, sde=sde, score_fn=model, config=cfg, step=meta["step"],
+                     data_shape=data_shape, data_range=data_range, path=ckpt)
