@@ -6,7 +6,7 @@ A config has five sections::
     model:  name (mlp | unet), parameterization, conditioning, and the network's own keyword
             arguments (checked against the network's signature)
     data:   name, root, image_size, flip, n_train, n_test
-    train:  steps, batch_size, lr, warmup, grad_clip, ema_decay, loss, ..., checkpoint_every, seed
+    train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed
     sample: the sampler used for snapshots and as the CLI's default
 
 Every error names the file and the dotted key: ``configs/toy.yaml: train.lr: expected a positive
@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     warmup: int = 100
+    lr_schedule: str = "constant"
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.999
     loss: str = "dsm"
@@ -91,6 +92,7 @@ CONDITIONINGS = (None, "time", "log_sigma")
 LOSS_NAMES = ("dsm", "ddpm", "smld")
 SAMPLERS = ("euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -269,6 +271,7 @@ def _check_values(cfg: Config, source: str) -> None:
     need(t.batch_size <= 10 ** 6, "train.batch_size", "at most 1e6", t.batch_size)
     need(0 < t.lr <= 1, "train.lr", "a number in (0, 1]", t.lr)
     need(t.warmup >= 0, "train.warmup", "a non-negative integer", t.warmup)
+    need(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {LR_SCHEDULES}", t.lr_schedule)
     need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a positive number or null", t.grad_clip)
     need(0 <= t.ema_decay < 1, "train.ema_decay", "a number in [0, 1)", t.ema_decay)
     need(t.loss in LOSS_NAMES, "train.loss", f"one of {LOSS_NAMES}", t.loss)

@@ -61,6 +61,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def lr_factor(step: int, t) -> float:
+    """Linear warmup over ``t.warmup`` steps, then constant or a cosine decay to 0 at ``t.steps``."""
+    if t.warmup and step < t.warmup:
+        return (step + 1) / t.warmup
+    if t.lr_schedule == "cosine":
+        span = max(t.steps - t.warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step - t.warmup, span) / span))
+    return 1.0
+
+
 # ---- distributed -------------------------------------------------------------------------------
 
 @dataclass
@@ -134,9 +144,8 @@ class Trainer:
         self.model = build_score_model(cfg, self.sde, self.dataset.shape).to(self.device)
         self.net = self.model.net
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=t.lr)
-        warmup = max(t.warmup, 0)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=t.lr, foreach=True)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, t))
         self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip)
         self.step = 0
         self.train_model = self.model

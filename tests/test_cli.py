@@ -131,3 +131,16 @@ def test_unwritable_workdir(capsys, tmp_path):
         assert_one_line_error(code, err, "workdir")
     finally:
         locked.chmod(0o700)
+
+
+def test_demo_quick_writes_a_report(capsys, tmp_path):
+    """`scoresde demo --quick` runs every stage of the demo (tiny training) and writes the report."""
+    workdir = tmp_path / "demo"
+    code, out, err = run_cli(capsys, "demo", "--quick", "--quiet", "--workdir", str(workdir))
+    assert code == 0, err
+    report = (workdir / "report.md").read_text()
+    for figure in ("samples.png", "trajectories.png", "compare.png"):
+        assert figure in report and (workdir / figure).stat().st_size > 0
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["train_steps"] == 200 and 0 < summary["on_board"]["probability_flow"] <= 1
+    assert "NLL" in report or "nats" in report
