@@ -39,7 +39,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=TOYS, default="checkerboard")
     p.add_argument("--sde", choices=("vp", "subvp", "ve"), default="vp")
-    p.add_argument("--steps", type=int, help="training steps (default: the config's, 6000)")
+    p.add_argument("--steps", type=int, help="training steps (default: the config's train.steps)")
     p.add_argument("--num", type=int, default=2000, help="samples to draw (default 2000)")
     p.add_argument("--quick", action="store_true", help="a tiny run that finishes in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -40,6 +40,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _umask_mode(mode: int) -> int:
+    """``mode`` as the process umask would leave it (mkstemp/mkdtemp create 0600/0700 entries)."""
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -50,6 +57,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
         _fsync_dir(directory)
     except BaseException:
@@ -96,6 +104,9 @@ def save_checkpoint(directory: str, step: int, tensors: Dict[str, Dict[str, torc
             json.dump(meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), _umask_mode(0o666))
+        os.chmod(tmp, _umask_mode(0o777))
         _fsync_dir(tmp)
         if os.path.exists(final):  # the same step written again (e.g. a final save): swap it out
             stale = final + f".stale-{os.getpid()}"

@@ -22,7 +22,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import io
@@ -143,7 +143,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = build_score_model(cfg, self.sde, self.dataset.shape).to(self.device)
         self.net = self.model.net
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.net, multi_avg_fn=self._ema_update, use_buffers=True)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=t.lr, foreach=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, t))
         self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip)
@@ -164,6 +164,13 @@ class Trainer:
         self.loss_fn = loss_fn
         self.noise = torch.Generator(device=self.device)
         self._stop_signal = None
+
+    def _ema_update(self, averaged, current, num_averaged) -> None:
+        """EMA with the usual warmup, decay_s = min(decay, (1 + s) / (10 + s)): early on, the average
+        must not be dominated by the (zero-output) initial network. Uses the host step counter, so
+        the update needs no device sync."""
+        decay = min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
 
     # -- state ---------------------------------------------------------------------------------
     def _seed_step(self, step: int) -> None:

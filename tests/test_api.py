@@ -180,7 +180,8 @@ def test_timesteps_use_exact_chain_times(label, sampler, options, sde_name, dtyp
     x_T = prior_draw(sde, dtype=dtype)
     out = sampler(rec, sde, x_T, timesteps=indices, generator=torch.Generator().manual_seed(2), **options)
     assert out.dtype == dtype and out.shape == x_T.shape and torch.isfinite(out).all()
-    expected = torch.tensor([T * i / (N - 1) for i in indices], dtype=torch.float64).to(dtype)
+    # index 0 (t = 0) is evaluated at the default eps = 1e-3 instead
+    expected = torch.tensor([max(T * i / (N - 1), 1e-3) for i in indices], dtype=torch.float64).to(dtype)
     # one score call per step at the step's start, then the denoising step at the last index
     got = rec.call_times()
     assert torch.equal(got, expected), f"{label}: times {got.tolist()} != {expected.tolist()}"
@@ -196,7 +197,7 @@ def test_timesteps_full_small_chain(sampler):
         out = sampler(rec, sde, prior_draw(sde, dtype=torch.float64), timesteps=timesteps,
                       generator=torch.Generator().manual_seed(0))
         assert torch.isfinite(out).all()
-        expected = torch.tensor([T * i / 9 for i in range(9, -1, -1)], dtype=torch.float64)
+        expected = torch.tensor([max(T * i / 9, 1e-3) for i in range(9, -1, -1)], dtype=torch.float64)
         assert torch.equal(rec.call_times(), expected)
 
 

@@ -109,8 +109,9 @@ def make_grid(sde: SDE, steps: Optional[int] = None, eps: float = 1e-3, schedule
     """The grid a sampler runs on: continuous times (``schedule``) or discrete chain ``timesteps``.
 
     ``timesteps`` is a strictly descending sequence of integer indices of the N-step chain; its
-    times are t_i = T i / (N - 1) and its coefficients those of the chain (for VP, alpha_i^2 =
-    alphas_cumprod[i]), so a sampler on it reproduces the discrete-time method exactly.
+    times are t_i = T i / (N - 1), raised to ``eps`` where smaller (index 0), and its coefficients
+    those of the chain (for VP, alpha_i^2 = alphas_cumprod[i]), so a sampler on it reproduces the
+    discrete-time method exactly.
     """
     if timesteps is None:
         t = time_grid(sde, steps, eps, schedule)
@@ -118,7 +119,10 @@ def make_grid(sde: SDE, steps: Optional[int] = None, eps: float = 1e-3, schedule
         return Grid(t, alpha, sigma)
     idx = _check_timesteps(sde, timesteps)
     alpha, sigma = sde.discrete_marginal_coeffs(idx)
-    return Grid(idx.to(torch.float64) * sde.T / (sde.N - 1), alpha.to(torch.float64), sigma.to(torch.float64))
+    # index 0 sits at t = 0, where a continuous-time model's noise level vanishes (its score is
+    # undefined there): the score is evaluated at max(t_i, eps), the chain's coefficients stay exact
+    t = (idx.to(torch.float64) * sde.T / (sde.N - 1)).clamp(min=_checks.eps(sde, eps))
+    return Grid(t, alpha.to(torch.float64), sigma.to(torch.float64))
 
 
 def _check_timesteps(sde: SDE, timesteps) -> Tensor:
