@@ -39,11 +39,7 @@ def main(argv=None):
     run_dir = args.run
     if run_dir is None:
         run_dir = os.path.join(args.workdir, "toy_run")
-        # EMA decay 0.995: at the config's 0.999 the EMA of a 2000-step run still holds 0.999^2000 = 14%
-        # of the random initial weights; measured, its PF-ODE then puts 2% of the samples on the board
-        # (86% at 0.995, and 87% for the raw weights).
-        cfg = toy_config("checkerboard", "vp", quick=args.quick, steps=None if args.quick else args.train_steps,
-                         extra=() if args.quick else ["train.ema_decay=0.995"])
+        cfg = toy_config("checkerboard", "vp", quick=args.quick, steps=None if args.quick else args.train_steps)
         print(f"no --run given: training {cfg.train.steps} steps on the checkerboard in {run_dir}")
         train_or_reuse(cfg, run_dir, progress=not args.quiet)
     run = sd.load(run_dir)

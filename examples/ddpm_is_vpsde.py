@@ -35,9 +35,8 @@ SAMPLERS = {  # label -> (sampler, options); those with ``timesteps`` run on the
 def chain_score(model, sde):
     """DDPM's view of a trained eps-network: score_i = -eps(x, t_i) / sqrt(1 - alphā_i).
 
-    The discrete chain ends at index 0, i.e. t = 0, where the continuous sigma(0) = 0 makes a
-    ScoreModel's score (-eps / sigma(t)) infinite; DDPM divides by the chain's own
-    sqrt(1 - alphā_0) = sqrt(beta_0) instead. (The exact mixture score is finite at t = 0.)
+    A ScoreModel divides eps by the continuous sigma(t); DDPM divides by the chain's own
+    sqrt(1 - alphā_i), which this wrapper does, so the trained model is sampled as its chain.
     """
     def score(x, t):
         sigma = (1 - sde.table("alphas_cumprod", x)[sde.index(t)]).sqrt()
