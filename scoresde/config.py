@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import yaml
 

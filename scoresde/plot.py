@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io as _io
 import math
-import os
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import matplotlib

@@ -93,3 +93,10 @@ def make_embedding(kind: str, embed_dim: int, fourier_scale: float = 16.0) -> nn
     if kind == "fourier":
         return GaussianFourierProjection(embed_dim, scale=fourier_scale)
     return SinusoidalEmbedding(embed_dim)
+
+
+def check_conditioning(c, x) -> None:
+    """Networks take one conditioning value per sample: c of shape (B,) for x of shape (B, ...)."""
+    if not torch.is_tensor(c) or c.shape != x.shape[:1]:
+        got = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
+        raise ValueError(f"c must be a tensor of shape ({x.shape[0]},) matching the batch, got {got}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .embeddings import make_embedding
+from .embeddings import check_conditioning, make_embedding
 
 
 def _positive_int(value, name: str) -> int:
@@ -71,9 +71,7 @@ class MLP(nn.Module):
         if not torch.is_tensor(x) or x.dim() < 2 or x[0].numel() != self.dim:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (B, {self.dim}) or (B, ...) with {self.dim} elements per sample, got {got}")
-        if not torch.is_tensor(c) or c.shape != x.shape[:1]:
-            got = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
-            raise ValueError(f"c must be a tensor of shape ({x.shape[0]},) matching the batch, got {got}")
+        check_conditioning(c, x)
         temb = self.time_mlp(self.embed(c))
         h = self.inp(x.reshape(x.shape[0], self.dim))
         for block in self.blocks:

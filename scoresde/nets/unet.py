@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .embeddings import make_embedding
+from .embeddings import check_conditioning, make_embedding
 
 
 def _positive_int(value, name: str) -> int:
@@ -199,9 +199,7 @@ class UNet(nn.Module):
         if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
-        if not torch.is_tensor(c) or c.shape != x.shape[:1]:
-            got = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
-            raise ValueError(f"c must be a tensor of shape ({x.shape[0]},) matching the batch, got {got}")
+        check_conditioning(c, x)
         temb = self.time_mlp(self.embed(c))
         h = self.conv_in(x)
         hs = [h]
