@@ -164,3 +164,12 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path):
     result = json.loads(out.stdout.split("RESULT", 1)[1].strip().splitlines()[0])
     assert result == {"world": 2, "identical": True, "step": 8}
     assert (tmp_path / "run" / "checkpoints" / "ckpt_00000008").is_dir()
+
+
+def test_snapshots_are_written(tmp_path):
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(steps=10, snapshot_every=5)
+    train(from_dict(raw), str(tmp_path), progress=False)
+    shots = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert shots == ["step_00000005.png", "step_00000010.png"]
+    assert all((tmp_path / "snapshots" / s).stat().st_size > 0 for s in shots)
