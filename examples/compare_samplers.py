@@ -17,7 +17,8 @@ import os
 
 import scoresde as sd
 from scoresde.compare import compare, markdown_table, write_outputs
-from scoresde.data import load_dataset, on_checkerboard
+from scoresde.data import on_checkerboard
+from scoresde.train import load_data
 
 from _common import default_workdir, markdown, train_or_reuse, write_text
 from train_toy import toy_config
@@ -48,7 +49,7 @@ def main(argv=None):
     steps = (10, 20) if args.quick else tuple(int(s) for s in args.steps.split(","))
     tolerances = (1e-2,) if args.quick else (1e-2, 1e-3, 1e-4, 1e-5)
 
-    reference = load_dataset(d.name, "test", root=d.root, image_size=d.image_size).data[:num]
+    reference = load_data(run.config, "test").data[:num]
     print(f"{run.path}: {d.name}, step {run.step}; {num} samples per setting, reference {len(reference)} test points")
     rows = compare(run.score_fn, run.sde, reference, num=num, steps=steps, tolerances=tolerances,
                    on_target=on_checkerboard if d.name == "checkerboard" else None, progress=not args.quiet)

@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import scoresde as sd  # noqa: E402
-from scoresde.data import load_dataset, toy_mixture  # noqa: E402
+from scoresde.data import toy_mixture  # noqa: E402
+from scoresde.train import load_data  # noqa: E402
 from scoresde.io import atomic_write_bytes  # noqa: E402
 
 from _common import default_workdir, markdown, write_json, write_text  # noqa: E402
@@ -94,8 +95,7 @@ def main(argv=None):
 def trained_run(path: str, n: int, tol: float) -> dict:
     """Test bits/dim (image data) or NLL in nats (toys) of a trained run, through the PF-ODE."""
     run = sd.load(path)
-    d = run.config.data
-    test = load_dataset(d.name, "test", root=d.root, image_size=d.image_size)
+    test = load_data(run.config, "test")
     g = torch.Generator().manual_seed(0)
     if test.is_image:
         res = sd.bits_per_dim(run.score_fn, run.sde, test.pixels[:n], data_range=run.data_range,

@@ -75,13 +75,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_likelihood(args) -> int:
-    from .data import load_dataset
     from .likelihood import bits_per_dim, log_likelihood
-    from .train import load
+    from .train import load, load_data
     run = load(args.run_dir, device=args.device)
-    d = run.config.data
-    data = load_dataset(d.name, args.split, root=d.root, image_size=d.image_size, n=args.num,
-                        generator=torch.Generator().manual_seed(args.seed + 1))
+    data = load_data(run.config, args.split, n=args.num, generator=torch.Generator().manual_seed(args.seed + 1))
     g = torch.Generator(device=args.device).manual_seed(args.seed)
     estimator = args.estimator or ("exact" if math.prod(run.data_shape) <= 16 else "hutchinson")
     if data.is_image:
@@ -102,15 +99,14 @@ def cmd_likelihood(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import compare, markdown_table, write_outputs
-    from .data import load_dataset, on_checkerboard
-    from .train import load
+    from .data import on_checkerboard
+    from .train import load, load_data
     run = load(args.run_dir, device=args.device)
-    d = run.config.data
     steps = _int_list(args.steps, "--steps")
-    ref = load_dataset(d.name, "test", root=d.root, image_size=d.image_size, n=args.num,
-                       generator=torch.Generator().manual_seed(args.seed + 1)).data[: args.num]
+    ref = load_data(run.config, "test", n=args.num, generator=torch.Generator().manual_seed(args.seed + 1)).data[: args.num]
     rows = compare(run.score_fn, run.sde, ref, num=args.num, steps=steps, seed=args.seed, device=args.device,
-                   on_target=on_checkerboard if d.name == "checkerboard" else None, progress=not args.quiet)
+                   on_target=on_checkerboard if run.config.data.name == "checkerboard" else None,
+                   progress=not args.quiet)
     paths = write_outputs(rows, args.out or os.path.join(args.run_dir, "compare"))
     print(markdown_table(rows))
     print(f"wrote {paths['table']}, {paths['plot']}")

@@ -5,7 +5,7 @@ A config has five sections::
     sde:    type (vp | subvp | ve) and its parameters
     model:  name (mlp | unet), parameterization, conditioning, and the network's own keyword
             arguments (checked against the network's signature)
-    data:   name, root, image_size, flip, n_train, n_test
+    data:   name, root, image_size, flip, centered (images on [-1, 1], else [0, 1]), n_train, n_test
     train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed
     sample: the sampler used for snapshots and as the CLI's default
 
@@ -46,6 +46,7 @@ class DataConfig:
     root: Optional[str] = None
     image_size: Optional[int] = None
     flip: bool = False
+    centered: bool = True
     n_train: Optional[int] = None
     n_test: Optional[int] = None
 

@@ -47,6 +47,14 @@ def build_sde(cfg: Config) -> SDE:
     return VESDE(s.sigma_min, s.sigma_max, s.N)
 
 
+def load_data(cfg: Config, split: str = "train", n: Optional[int] = None,
+              generator: Optional[torch.Generator] = None):
+    """The config's data set: images scaled to [-1, 1] (``data.centered``) or [0, 1]."""
+    d = cfg.data
+    return load_dataset(d.name, split, root=d.root, image_size=d.image_size, n=n, generator=generator,
+                        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0))
+
+
 def build_score_model(cfg: Config, sde: SDE, data_shape) -> ScoreModel:
     net = build_net(cfg.model["name"], tuple(data_shape), **cfg.net_kwargs)
     return ScoreModel(net, sde, parameterization=cfg.model["parameterization"],
@@ -137,8 +145,7 @@ class Trainer:
         t = cfg.train
         if t.batch_size % self.dist.world:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes ({self.dist.world})")
-        self.dataset = load_dataset(cfg.data.name, "train", root=cfg.data.root, image_size=cfg.data.image_size,
-                                    n=cfg.data.n_train, generator=torch.Generator().manual_seed(t.seed))
+        self.dataset = load_data(cfg, "train", n=cfg.data.n_train, generator=torch.Generator().manual_seed(t.seed))
         self.sde = build_sde(cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = build_score_model(cfg, self.sde, self.dataset.shape).to(self.device)

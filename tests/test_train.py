@@ -173,3 +173,16 @@ def test_snapshots_are_written(tmp_path):
     shots = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
     assert shots == ["step_00000005.png", "step_00000010.png"]
     assert all((tmp_path / "snapshots" / s).stat().st_size > 0 for s in shots)
+
+
+def test_uncentered_images_train_on_unit_interval(tmp_path):
+    """data.centered: false puts images on [0, 1]; the run records that range and loading keeps it."""
+    raw = {"sde": {"type": "vp"}, "data": {"name": "digits", "centered": False},
+           "model": {"name": "unet", "channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                     "attn_resolutions": [], "dropout": 0.0},
+           "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 1}}
+    trainer = Trainer(from_dict(raw), str(tmp_path), progress=False)
+    assert trainer.dataset.data_range == (0.0, 1.0)
+    assert trainer.dataset.data.min() >= 0 and trainer.dataset.data.max() <= 1
+    trainer.fit()
+    assert scoresde.load(str(tmp_path)).data_range == (0.0, 1.0)
