@@ -17,6 +17,7 @@ import torch
 from . import metrics, plot
 from .io import atomic_write_text
 from .sampling import SAMPLERS
+from .sampling._ode import Counter
 
 STEPS = (10, 20, 50, 100, 200)
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -41,18 +42,9 @@ METHODS = (
 )
 
 
-class _Counted:
-    def __init__(self, score_fn: Callable):
-        self.score_fn, self.nfe = score_fn, 0
-
-    def __call__(self, x, t):
-        self.nfe += 1
-        return self.score_fn(x, t)
-
-
 def run_method(method: Method, score_fn, sde, x_T: torch.Tensor, setting, eps: float = 1e-3, seed: int = 0):
     """Run one sampler at one step count (or tolerance, for adaptive ODE solvers): (samples, nfe, seconds)."""
-    counted = _Counted(score_fn)
+    counted = Counter(score_fn)
     options = dict(method.options)
     if method.sampler == "probability_flow" and options.get("method") == "dopri5":
         options.update(rtol=setting, atol=setting)

@@ -18,13 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._checks import positive_int
 from .embeddings import check_conditioning, make_embedding
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class _ResidualBlock(nn.Module):
@@ -56,9 +51,9 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, embed_dim: int = 128,
                  embedding: str = "fourier", fourier_scale: float = 16.0):
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
-        _positive_int(hidden, "hidden")
-        _positive_int(depth, "depth")
+        self.dim = positive_int(dim, "dim")
+        positive_int(hidden, "hidden")
+        positive_int(depth, "depth")
         self.embed = make_embedding(embedding, embed_dim, fourier_scale)
         self.time_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim, hidden)

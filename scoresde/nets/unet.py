@@ -23,13 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._checks import positive_int
 from .embeddings import check_conditioning, make_embedding
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _int_tuple(value, name: str, *, allow_empty: bool) -> tuple:
@@ -134,20 +129,20 @@ class UNet(nn.Module):
                  image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, num_groups: int = 32):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        _positive_int(channels, "channels")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        positive_int(channels, "channels")
         channel_mults = _int_tuple(channel_mults, "channel_mults", allow_empty=False)
         if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be a non-negative integer, got {num_res_blocks!r}")
         attn_resolutions = set(_int_tuple(attn_resolutions, "attn_resolutions", allow_empty=True))
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.image_size = _positive_int(image_size, "image_size")
+        self.image_size = positive_int(image_size, "image_size")
         factor = 2 ** (len(channel_mults) - 1)
         if image_size % factor:
             raise ValueError(f"image_size must be divisible by 2^(len(channel_mults) - 1) = {factor} so every "
                              f"downsampling halves it exactly, got image_size={image_size} with channel_mults={channel_mults}")
-        _positive_int(num_groups, "num_groups")
+        positive_int(num_groups, "num_groups")
 
         temb_dim = 4 * channels
         self.embed = make_embedding(embedding, channels, fourier_scale)
