@@ -6,7 +6,10 @@ score they all converge to the same distribution, and the ODE ones to the same p
 """
 import torch
 
+from .adaptive import AdaptiveStats, adaptive_sde
+from .dpm_solver import dpm_solver
 from .grids import SCHEDULES, Grid, logsnr, make_grid, time_grid
+from .heun import heun
 from .implicit import ddim
 from .odeint import ADAPTIVE_METHODS, probability_flow
 from .sdeint import reverse_sde
@@ -16,18 +19,22 @@ from .stochastic import CORRECTORS, PREDICTORS, ancestral, euler_maruyama, predi
 SAMPLERS = {
     "euler_maruyama": euler_maruyama, "predictor_corrector": predictor_corrector, "ancestral": ancestral,
     "probability_flow": probability_flow, "reverse_sde": reverse_sde, "ddim": ddim,
+    "dpm_solver": dpm_solver, "heun": heun, "adaptive_sde": adaptive_sde,
 }
+#: samplers whose cost is set by rtol/atol, not steps
+ADAPTIVE = {"adaptive_sde"}
 
 
 def sample(name, score_fn, sde, shape, *, steps=None, eps=1e-3, generator=None, device=None,
            dtype=torch.float32, progress=False, **options):
     """Draw x_T from the SDE's prior with ``generator`` and run the sampler called ``name``.
 
-    ``steps`` is ignored by adaptive probability-flow methods (they use rtol/atol)."""
+    ``steps`` is ignored by adaptive methods (they use rtol/atol)."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {name!r}")
     x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
-    if steps is not None and not (name == "probability_flow" and options.get("method", "dopri5") in ADAPTIVE_METHODS):
+    adaptive = name in ADAPTIVE or (name == "probability_flow" and options.get("method", "dopri5") in ADAPTIVE_METHODS)
+    if steps is not None and not adaptive:
         options["steps"] = steps
     return SAMPLERS[name](score_fn, sde, x_T, eps=eps, generator=generator, progress=progress, **options)
 
@@ -35,5 +42,6 @@ def sample(name, score_fn, sde, shape, *, steps=None, eps=1e-3, generator=None, 
 __all__ = [
     "sample", "SAMPLERS",
     "euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim",
+    "dpm_solver", "heun", "adaptive_sde", "AdaptiveStats",
     "time_grid", "make_grid", "Grid", "logsnr", "SCHEDULES", "PREDICTORS", "CORRECTORS",
 ]

@@ -1,13 +1,17 @@
-"""What every sampler shares: input checks, the noise source, the Tweedie denoising step and the
-one sampling loop over a grid of "linear" steps.
+"""What every fixed-grid sampler shares: input checks, the noise source, the Tweedie denoising
+step and the one sampling loop.
 
-Most samplers here take a step t_k -> t_{k+1} of the form
+A sampler on a grid t_0 = T > t_1 > ... > t_n = eps is a *step* ``step(k, x, t_k, t_{k+1}) ->
+x_{k+1}`` built once per grid (all its coefficients precomputed as Python floats), run by ``run``,
+optionally with a corrector before each step (predictor–corrector sampling).
+
+Most samplers take steps of the form
 
     x_{k+1} = A_k x_k + B_k score(x_k, t_k) + C_k z_k,      z_k ~ N(0, I),
 
 with scalar A_k, B_k, C_k that depend only on the grid (Euler–Maruyama, reverse diffusion, DDPM
-ancestral, DDIM). They differ only in those coefficient tables, computed once per grid, and
-share ``run_linear`` below.
+ancestral, DDIM). They differ only in those coefficient tables (``LinearSteps``). Multi-stage and
+multistep solvers (Heun, DPM-Solver) build their own steps in their modules.
 """
 from __future__ import annotations
 
@@ -58,19 +62,25 @@ class LinearSteps:
         return cls(A.tolist(), B.tolist(), C.clamp(min=0).tolist())
 
 
-def linear_step(score: Callable, steps: LinearSteps, k: int, x: Tensor, t: Tensor,
-                generator: Optional[torch.Generator]) -> Tensor:
-    x_next = steps.A[k] * x
-    if steps.B[k] != 0:
-        x_next = x_next + steps.B[k] * score(x, t)
-    if steps.C[k] > 0:
-        x_next = x_next + steps.C[k] * randn_like(x, generator)
-    return x_next
+#: step(k, x, t_k, t_{k+1}) -> x_{k+1}, with t_k and t_{k+1} of shape (B,) on x's device
+Step = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+#: corrector(k, x, t_k) -> x, applied at t_k before the step
+Corrector = Callable[[int, Tensor, Tensor], Tensor]
 
 
-def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, denoise: bool,
-               generator: Optional[torch.Generator], progress: bool, desc: str,
-               corrector: Optional[Callable[[int, Tensor, Tensor], Tensor]] = None) -> Tensor:
+def linear_stepper(score: Callable, steps: LinearSteps, generator: Optional[torch.Generator]) -> Step:
+    def step(k: int, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+        x_next = steps.A[k] * x
+        if steps.B[k] != 0:
+            x_next = x_next + steps.B[k] * score(x, t)
+        if steps.C[k] > 0:
+            x_next = x_next + steps.C[k] * randn_like(x, generator)
+        return x_next
+    return step
+
+
+def run(score: Callable, grid: Grid, step: Step, x: Tensor, *, denoise: bool, progress: bool, desc: str,
+        corrector: Optional[Corrector] = None) -> Tensor:
     """Run the grid's steps (optionally with a corrector before each), then denoise at t_n."""
     ts = device_times(grid, x)
     B = x.shape[0]
@@ -79,8 +89,15 @@ def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, de
         t = ts[k].expand(B)
         if corrector is not None:
             x = corrector(k, x, t)
-        x = linear_step(score, steps, k, x, t, generator)
+        x = step(k, x, t, ts[k + 1].expand(B))
     return tweedie(score, x, ts[-1].expand(B), *end) if denoise else x
+
+
+def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, denoise: bool,
+               generator: Optional[torch.Generator], progress: bool, desc: str,
+               corrector: Optional[Corrector] = None) -> Tensor:
+    return run(score, grid, linear_stepper(score, steps, generator), x, denoise=denoise, progress=progress,
+               desc=desc, corrector=corrector)
 
 
 # ---- coefficient tables of the linear samplers (float64, one entry per step) -------------------
