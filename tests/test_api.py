@@ -87,6 +87,27 @@ class Recorder:
 
 # ---- sampler configurations -------------------------------------------------------------------
 
+FAST_SAMPLERS = [
+    ("dpm_solver", S.dpm_solver, dict(steps=6)),
+    ("dpm_solver:3M,eps", S.dpm_solver, dict(steps=6, order=3, predict="eps")),
+    ("dpm_solver:3S,uniform", S.dpm_solver, dict(steps=3, order=3, multistep=False, schedule="uniform")),
+    ("dpm_solver:2S,eps,karras", S.dpm_solver, dict(steps=3, order=2, multistep=False, predict="eps", schedule="karras")),
+    ("heun", S.heun, dict(steps=4)),
+    ("heun:logsnr", S.heun, dict(steps=4, schedule="logsnr")),
+    ("heun:churn", S.heun, dict(steps=4, churn=20.0)),
+    ("heun:churn,window", S.heun, dict(steps=4, churn=5.0, churn_min=0.05, churn_max=1.0, churn_noise=1.003)),
+    ("adaptive_sde", S.adaptive_sde, dict(rtol=0.05, atol=0.05)),
+    ("adaptive_sde:paper", S.adaptive_sde, dict(rtol=0.05, atol=0.05, memory=False)),
+    ("pc:dpm_solver+langevin", S.predictor_corrector, dict(steps=4, predictor="dpm_solver",
+                                                           predictor_options=dict(order=2))),
+    ("pc:dpm_solver,2M+langevin", S.predictor_corrector, dict(steps=4, predictor="dpm_solver",
+                                                              predictor_options=dict(order=2, multistep=True))),
+    ("pc:heun+langevin", S.predictor_corrector, dict(steps=4, predictor="heun")),
+    ("pc:ddim+annealed_langevin", S.predictor_corrector, dict(steps=4, predictor="ddim", corrector="annealed_langevin",
+                                                             predictor_options=dict(eta=0.5))),
+]
+DETERMINISTIC = {"ddim", "pc:None+None", "heun", "heun:logsnr"}
+
 SAMPLERS = (
     [("euler_maruyama", S.euler_maruyama, dict(steps=6))]
     + [(f"euler_maruyama:{s}", S.euler_maruyama, dict(steps=6, schedule=s)) for s in ["quadratic", "logsnr", "karras"]]
@@ -102,11 +123,12 @@ SAMPLERS = (
     + [(f"probability_flow:{m}", S.probability_flow, dict(method=m, steps=4)) for m in FIXED]
     + [("probability_flow:rk4,logsnr", S.probability_flow, dict(method="rk4", steps=4, schedule="logsnr"))]
     + [(f"reverse_sde:{m}", S.reverse_sde, dict(method=m, steps=6)) for m in RSDE_METHODS]
+    + FAST_SAMPLERS
 )
 SAMPLER_IDS = [c[0] for c in SAMPLERS]
 
-STOCHASTIC = [c for c in SAMPLERS if not c[0].startswith("probability_flow")
-              and c[0] not in ("ddim", "pc:None+None")]
+STOCHASTIC = [c for c in SAMPLERS if not c[0].startswith(("probability_flow", "dpm_solver"))
+              and c[0] not in DETERMINISTIC]
 
 LIKELIHOODS = (
     [(f"exact:{m}", dict(estimator="exact", method=m, rtol=1e-3, atol=1e-3)) for m in ADAPTIVE]
@@ -166,6 +188,7 @@ TIMESTEP_CASES = [
     ("ddim", S.ddim, dict()),
     ("ddim:eta=1", S.ddim, dict(eta=1.0)),
     ("ancestral", S.ancestral, dict()),
+    ("dpm_solver:3M", S.dpm_solver, dict(order=3)),
 ]
 
 
@@ -304,7 +327,8 @@ def test_deterministic_samplers_ignore_generator():
     sde = sd.VPSDE()
     x_T = prior_draw(sde)
     score = MIX2.score_fn(sde)
-    for sampler, options in [(S.ddim, dict(steps=5)), (S.probability_flow, dict(method="rk4", steps=4))]:
+    for sampler, options in [(S.ddim, dict(steps=5)), (S.probability_flow, dict(method="rk4", steps=4)),
+                             (S.dpm_solver, dict(steps=5, order=3)), (S.heun, dict(steps=3))]:
         a = sampler(score, sde, x_T, generator=torch.Generator().manual_seed(1), **options)
         b = sampler(score, sde, x_T, generator=torch.Generator().manual_seed(2), **options)
         assert torch.equal(a, b)
@@ -331,6 +355,12 @@ def _run_named(name, progress):
         S.probability_flow(score, sde, x_T, method="heun", steps=3, progress=progress)
     elif name == "reverse_sde":
         S.reverse_sde(score, sde, x_T, steps=3, generator=g, progress=progress)
+    elif name == "dpm_solver":
+        S.dpm_solver(score, sde, x_T, steps=3, progress=progress)
+    elif name == "heun":
+        S.heun(score, sde, x_T, steps=3, progress=progress)
+    elif name == "adaptive_sde":
+        S.adaptive_sde(score, sde, x_T, rtol=0.1, atol=0.1, generator=g, progress=progress)
     elif name == "log_likelihood":
         sd.log_likelihood(score, sde, x, rtol=1e-3, atol=1e-3, generator=g, progress=progress)
     elif name == "log_likelihood/fixed":
@@ -345,6 +375,7 @@ def _run_named(name, progress):
 PROGRESS = [("euler_maruyama", "euler_maruyama"), ("predictor_corrector", "predictor_corrector"),
             ("ancestral", "ancestral"), ("ddim", "ddim"), ("probability_flow", "probability_flow"),
             ("probability_flow/fixed", "probability_flow"), ("reverse_sde", "reverse_sde"),
+            ("dpm_solver", "dpm_solver"), ("heun", "heun"), ("adaptive_sde", "adaptive_sde"),
             ("log_likelihood", "log_likelihood"), ("log_likelihood/fixed", "log_likelihood"),
             ("bits_per_dim", "log_likelihood")]
 
@@ -457,7 +488,9 @@ SYNC_CASES = (
        ("ancestral:timesteps", S.ancestral, dict(timesteps=[999, 500, 10, 0])),
        ("ddim", S.ddim, dict(steps=4)),
        ("ddim:eta=0.7", S.ddim, dict(steps=4, eta=0.7)),
-       ("ddim:timesteps", S.ddim, dict(timesteps=[999, 600, 300, 0], eta=0.3))]
+       ("ddim:timesteps", S.ddim, dict(timesteps=[999, 600, 300, 0], eta=0.3)),
+       ("dpm_solver:timesteps", S.dpm_solver, dict(timesteps=[999, 600, 300, 0], order=3))]
+    + [c for c in FAST_SAMPLERS if not c[0].startswith("adaptive_sde")]  # adaptive: one flag read per iteration
 )
 
 
@@ -548,7 +581,17 @@ def _env(sde_cls=sd.VPSDE):
 
 
 NAME_CASES = [
-    ("predictor", lambda s, f, x, d: S.predictor_corrector(f, s, x, steps=2, predictor="heun"), "reverse_diffusion"),
+    ("predictor", lambda s, f, x, d: S.predictor_corrector(f, s, x, steps=2, predictor="rk45"), "reverse_diffusion"),
+    ("predictor_options", lambda s, f, x, d: S.predictor_corrector(f, s, x, steps=2, predictor="heun",
+                                                                   predictor_options={"order": 2}), "order"),
+    ("predictor_options", lambda s, f, x, d: S.predictor_corrector(f, s, x, steps=2, predictor="dpm_solver",
+                                                                   predictor_options={"order": 4}), "order"),
+    ("order", lambda s, f, x, d: S.dpm_solver(f, s, x, steps=2, order=4), "(1, 2, 3)"),
+    ("order", lambda s, f, x, d: S.dpm_solver(f, s, x, steps=2, order=True), "positive integer"),
+    ("predict", lambda s, f, x, d: S.dpm_solver(f, s, x, steps=2, predict="v"), "x0"),
+    ("schedule", lambda s, f, x, d: S.dpm_solver(f, s, x, steps=2, schedule="cosine"), "logsnr"),
+    ("schedule", lambda s, f, x, d: S.heun(f, s, x, steps=2, schedule="edm"), "karras"),
+    ("timesteps", lambda s, f, x, d: S.dpm_solver(f, s, x, timesteps=[999, 500, 0], multistep=False), "multistep"),
     ("corrector", lambda s, f, x, d: S.predictor_corrector(f, s, x, steps=2, corrector="hmc"), "langevin"),
     ("method", lambda s, f, x, d: S.probability_flow(f, s, x, method="rk45"), "dopri5"),
     ("method", lambda s, f, x, d: S.reverse_sde(f, s, x, steps=2, method="heun"), "milstein"),
@@ -587,6 +630,10 @@ def _calls():
         "probability_flow": lambda s, f, x, d, **k: S.probability_flow(f, s, x, **{"rtol": 1e-3, "atol": 1e-3, **k}),
         "probability_flow/fixed": lambda s, f, x, d, **k: S.probability_flow(f, s, x, **{"method": "rk4", "steps": 2, **k}),
         "reverse_sde": lambda s, f, x, d, **k: S.reverse_sde(f, s, x, **{"steps": 2, **k}),
+        "dpm_solver": lambda s, f, x, d, **k: S.dpm_solver(f, s, x, **{"steps": 2, **k}),
+        "dpm_solver/singlestep": lambda s, f, x, d, **k: S.dpm_solver(f, s, x, **{"steps": 2, "multistep": False, **k}),
+        "heun": lambda s, f, x, d, **k: S.heun(f, s, x, **{"steps": 2, **k}),
+        "adaptive_sde": lambda s, f, x, d, **k: S.adaptive_sde(f, s, x, **{"rtol": 0.1, "atol": 0.1, **k}),
         "log_likelihood": lambda s, f, x, d, **k: sd.log_likelihood(f, s, d, **{"rtol": 1e-3, "atol": 1e-3, **k}),
         "log_likelihood/fixed": lambda s, f, x, d, **k: sd.log_likelihood(f, s, d, **{"method": "euler", "steps": 2, **k}),
     }
@@ -594,7 +641,7 @@ def _calls():
 
 CALL_NAMES = list(_calls())
 STEPPED = ["euler_maruyama", "predictor_corrector", "ancestral", "ddim", "probability_flow/fixed", "reverse_sde",
-           "log_likelihood/fixed"]
+           "log_likelihood/fixed", "dpm_solver", "dpm_solver/singlestep", "heun"]
 
 
 @pytest.mark.parametrize("sde_cls", [sd.VPSDE, sd.VESDE], ids=["vp", "ve"])
@@ -635,7 +682,7 @@ def test_bad_eta(eta):
 
 @pytest.mark.parametrize("value", [0.0, -1e-5, float("nan")])
 @pytest.mark.parametrize("tol", ["rtol", "atol"])
-@pytest.mark.parametrize("name", ["probability_flow", "log_likelihood"])
+@pytest.mark.parametrize("name", ["probability_flow", "log_likelihood", "adaptive_sde"])
 def test_bad_tolerances(name, tol, value):
     s, f, x, d = _env()
     _expect_value_error(lambda: _calls()[name](s, f, x, d, **{tol: value}), tol)
@@ -704,7 +751,7 @@ BAD_SCHEDULES = [
 
 @pytest.mark.parametrize("schedule", BAD_SCHEDULES, ids=[str(i) for i in range(len(BAD_SCHEDULES))])
 @pytest.mark.parametrize("name", ["euler_maruyama", "predictor_corrector", "ddim", "ancestral",
-                                  "probability_flow/fixed", "time_grid"])
+                                  "probability_flow/fixed", "dpm_solver", "dpm_solver/singlestep", "heun", "time_grid"])
 def test_bad_explicit_schedule(name, schedule):
     s, f, x, d = _env()
     if name == "time_grid":
@@ -753,6 +800,8 @@ GRID_CASES = [
     ("pc:euler_maruyama+None", S.predictor_corrector, dict(predictor="euler_maruyama", corrector=None), 1),
     ("ancestral", S.ancestral, dict(), 1),
     ("probability_flow:euler", S.probability_flow, dict(method="euler"), 1),
+    ("dpm_solver:3M", S.dpm_solver, dict(order=3), 1),
+    ("pc:dpm_solver,2M+langevin", S.predictor_corrector, dict(predictor="dpm_solver", predictor_options=dict(multistep=True)), 2),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Convergence order of the fixed-step ODE samplers, measured pathwise against a tight dopri5
+"""Convergence order of the fixed-step ODE samplers (torchdiffeq's, DDIM, DPM-Solver, Heun), measured pathwise against a tight dopri5
 solution of the same probability-flow ODE from the same x_T (float64, exact mixture score).
 
 The error e(n) after n steps behaves like C n^-p; the slope of log2 e against log2 n over two
@@ -23,6 +23,18 @@ METHODS = [
     ("rk4", S.probability_flow, dict(method="rk4"), 4, (128, 256, 512)),
     ("ddim", S.ddim, dict(), 1, (64, 128, 256)),
     ("ddim:logsnr", S.ddim, dict(schedule="logsnr"), 1, (64, 128, 256)),
+    # DPM-Solver++ (x0) and DPM-Solver (eps), multistep (M) and singlestep (S), on the log-SNR grid
+    ("dpm_solver:2M", S.dpm_solver, dict(order=2), 2, (128, 256, 512)),
+    ("dpm_solver:3M", S.dpm_solver, dict(order=3), 3, (128, 256, 512)),
+    ("dpm_solver:2S", S.dpm_solver, dict(order=2, multistep=False), 2, (128, 256, 512)),
+    ("dpm_solver:3S", S.dpm_solver, dict(order=3, multistep=False), 3, (256, 512, 1024)),
+    ("dpm_solver:2M,eps", S.dpm_solver, dict(order=2, predict="eps"), 2, (128, 256, 512)),
+    ("dpm_solver:3M,eps", S.dpm_solver, dict(order=3, predict="eps"), 3, (256, 512, 1024)),
+    ("dpm_solver:3S,eps", S.dpm_solver, dict(order=3, multistep=False, predict="eps"), 3, (256, 512, 1024)),
+    ("dpm_solver:2M,uniform", S.dpm_solver, dict(order=2, schedule="uniform"), 2, (128, 256, 512)),
+    # EDM's Heun, on the Karras grid and on a uniform one
+    ("heun:karras", S.heun, dict(), 2, (256, 512, 1024)),
+    ("heun:uniform", S.heun, dict(schedule="uniform"), 2, (64, 128, 256)),
 ]
 
 
