@@ -34,6 +34,8 @@ CONFIGS = [
     ("dpm_solver:2M", S.dpm_solver, dict(steps=25)),
     ("dpm_solver:3M,eps", S.dpm_solver, dict(steps=25, order=3, predict="eps")),
     ("dpm_solver:3S", S.dpm_solver, dict(steps=10, order=3, multistep=False)),
+    ("dpm_solver:2M+corrector,eps,quadratic", S.dpm_solver, dict(steps=15, corrector=True, predict="eps",
+                                                                 schedule="quadratic")),
     ("heun", S.heun, dict(steps=18)),
     ("heun:churn", S.heun, dict(steps=50, churn=10.0)),
     ("adaptive_sde", S.adaptive_sde, dict()),

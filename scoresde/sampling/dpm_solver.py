@@ -24,7 +24,7 @@ computed once per grid by Gauss–Legendre quadrature in float64):
   (order 3), each stage and the final update integrating the line through node 0 and the previous
   stage, which is DPM-Solver-2 / -3 (and DPM-Solver++(2S) for data prediction) in its exact-φ form.
 
-Order 1 is DDIM in either prediction.
+Order 1 is DDIM in either prediction. Multistep runs can add a corrector (see ``dpm_solver``).
 """
 from __future__ import annotations
 
@@ -93,20 +93,37 @@ def _predictor(score: Callable, predict: str) -> Callable[[Tensor, Tensor, _Poin
     return lambda x, t, p: -p.sigma * score(x, t)
 
 
-def multistep_stepper(score: Callable, grid: Grid, order: int = 2, predict: str = "x0") -> _loop.Step:
-    """DPM-Solver(++) multistep of ``order`` on ``grid``: one score evaluation per step."""
+def multistep_stepper(score: Callable, grid: Grid, order: int = 2, predict: str = "x0",
+                      corrector: bool = False, lower_order_final: bool = True) -> _loop.Step:
+    """DPM-Solver(++) multistep of ``order`` on ``grid``: one score evaluation per step.
+
+    With ``corrector``, each new point is corrected once the prediction there is known, by the
+    same update with that prediction added as a node (an exponential Adams–Moulton step, one order
+    higher, as in UniPC's corrector). The prediction made before the correction is the one kept in
+    the history, so the corrector costs no evaluation; the last point is not corrected.
+    """
     points = [_Point(a, s) for a, s in zip(grid.alpha.tolist(), grid.sigma.tolist())]
     n = grid.steps
-    coefs = []
+    coefs, corr = [], []
     for k in range(n):
-        q = min(order, k + 1, n - k) if n < 15 else min(order, k + 1)
-        coefs.append(_update(predict, points[k], points[k + 1], [points[k - j] for j in range(q)]))
+        q = min(order, k + 1, n - k) if (lower_order_final and n < 15) else min(order, k + 1)
+        nodes = [points[k - j] for j in range(q)]
+        coefs.append(_update(predict, points[k], points[k + 1], nodes))
+        corr.append(_update(predict, points[k], points[k + 1], [points[k + 1]] + nodes))
     pred = _predictor(score, predict)
     history: List[Tensor] = []
+    previous: List[Tensor] = []
 
     def step(k: int, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
-        history.insert(0, pred(x, t, points[k]))
+        p = pred(x, t, points[k])
+        if corrector and k > 0:
+            A, W = corr[k - 1]
+            x = _combine(previous[0], A, W, [p] + history)
+            previous[:] = [x]
+        history.insert(0, p)
         del history[order:]
+        if corrector:
+            previous[:] = [x]
         A, W = coefs[k]
         return _combine(x, A, W, history)
     return step
@@ -145,8 +162,8 @@ def singlestep_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, orde
 
 
 def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int = 2, multistep: bool = True,
-               predict: str = "x0", eps: float = 1e-3, schedule: Schedule = "logsnr", timesteps=None,
-               denoise: bool = True, generator: Optional[torch.Generator] = None,
+               predict: str = "x0", corrector: bool = False, eps: float = 1e-3, schedule: Schedule = "logsnr",
+               timesteps=None, denoise: bool = True, generator: Optional[torch.Generator] = None,
                progress: bool = False) -> Tensor:
     """DPM-Solver (``predict="eps"``) or DPM-Solver++ (``predict="x0"``, the default) of ``order``
     1–3 on the probability-flow ODE from T to eps (see the module docstring for the update).
@@ -154,16 +171,22 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
     NFE: ``steps`` multistep, ``order * steps`` singlestep (plus one for ``denoise``). The default
     grid is uniform in log-SNR, the authors' choice for few steps. ``timesteps`` (multistep only)
     runs on discrete chain indices as ``ddim`` does. Deterministic: ``generator`` is unused.
+
+    ``corrector`` (multistep only) adds UniPC's idea at no extra NFE: once the prediction at a new
+    point is known, the point is recomputed by the same exponential update with that prediction as
+    an extra interpolation node (exponential Adams–Moulton), raising the order by one.
     """
     _checks.choice(_checks.positive_int(order, "order"), "order", (1, 2, 3))
     _checks.choice(predict, "predict", PREDICTIONS)
     if timesteps is not None and not multistep:
         raise ValueError("timesteps (discrete chain indices) needs multistep=True: singlestep stages fall between them")
+    if corrector and not multistep:
+        raise ValueError("corrector needs multistep=True: it reuses the next step's prediction")
     score = _checks.score_function(score_fn)
     x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule, timesteps)
     if multistep:
-        step = multistep_stepper(score, grid, order, predict)
+        step = multistep_stepper(score, grid, order, predict, corrector=bool(corrector))
     else:
         step = singlestep_stepper(score, sde, grid, x, order, predict)
     return _loop.run(score, grid, step, x, denoise=denoise, progress=progress, desc="dpm_solver")
