@@ -12,36 +12,26 @@ scoresde.dsm_loss for an eps-network: checked at start-up), batch size and devic
 
 Each loop first runs --warmup steps, then --repeats timed runs of --steps steps, interleaved so that
 background load hits all loops alike; the median steps/s is reported. Overhead = extra time per step
-relative to the bare loop. Writes benchmarks/results/train_throughput_<net>_<device>.{json,md}.
+relative to the bare loop. Writes benchmarks/results/train_throughput_<net>_<device>.{json,md,png}.
 
     python benchmarks/train_throughput.py --net mlp --steps 200
     python benchmarks/train_throughput.py --net unet --device cuda --batch-size 128
 """
 import argparse
-import datetime
-import json
 import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from scoresde import dsm_loss  # noqa: E402
-from scoresde.config import load_config  # noqa: E402
-from scoresde.io import atomic_write_text  # noqa: E402
-from scoresde.train import Trainer, build_score_model, build_sde  # noqa: E402
+import _common
+from _common import NETS, ROOT, sync
+from scoresde import dsm_loss
+from scoresde.config import load_config
+from scoresde.train import Trainer, build_score_model, build_sde
 
-CONFIGS = {"mlp": "toy_vp", "unet": "digits_vp"}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+CONFIGS = {net: config for net, (config, _) in NETS.items()}
+QUICK = {"steps": 5, "warmup": 1, "repeats": 2, "batch_size": 32, "n_train": 2000}
 
 
 class BareLoop:
@@ -109,27 +99,28 @@ def check_same_loss(bare: BareLoop):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    _common.add_common_args(p)
     p.add_argument("--net", choices=tuple(CONFIGS), default="mlp")
     p.add_argument("--steps", type=int, default=200, help="timed steps per run (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps before timing (default 20)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per loop, interleaved (default 3)")
     p.add_argument("--batch-size", type=int, help="default: the config's (512 for mlp, 128 for unet)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads on CPU (default: torch's choice)")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but no CUDA device is available")
+    if args.quick:  # a smoke run: only what the user did not set explicitly shrinks
+        for key in ("steps", "warmup", "repeats"):
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, QUICK[key])
+        args.batch_size = args.batch_size or QUICK["batch_size"]
     if min(args.steps, args.repeats) < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
-        sys.exit("error: --steps, --repeats and --batch-size must be positive, --warmup non-negative")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+        _common.fail("--steps, --repeats and --batch-size must be positive, --warmup non-negative")
+    device = _common.setup(args)
 
     overrides = [f"train.device={args.device}", f"train.checkpoint_every={10 ** 9}", "train.log_every=100",
                  "train.keep_checkpoints=1"]
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")
+    if args.quick and args.net == "mlp":  # the toy's 100k training points take longer to draw than the run
+        overrides.append(f"data.n_train={QUICK['n_train']}")
     cfg = load_config(os.path.join(ROOT, "configs", CONFIGS[args.net] + ".yaml"), overrides)
     with tempfile.TemporaryDirectory(prefix="scoresde-bench-") as workdir:
         trainer = TrainerLoop(cfg, workdir)
@@ -142,43 +133,53 @@ def main(argv=None):
               f"{torch.get_num_threads()} threads; bare loss vs dsm_loss rel. diff {loss_rel_diff:.1e}", flush=True)
         for loop in loops.values():
             loop.run(max(args.warmup, 1))
-        times = {name: [] for name in loops}
-        for r in range(args.repeats):
-            names = list(loops)[r % len(loops):] + list(loops)[:r % len(loops)]   # rotate the order
-            for name in names:
-                t0 = time.perf_counter()
-                loops[name].run(args.steps)
-                times[name].append(time.perf_counter() - t0)
-            print(f"  repeat {r + 1}: " + ", ".join(f"{n} {args.steps / times[n][-1]:.1f}" for n in loops) + " steps/s", flush=True)
+
+        def report(r, times):
+            print(f"  repeat {r + 1}: " + ", ".join(f"{n} {args.steps / ts[-1]:.1f}" for n, ts in times.items())
+                  + " steps/s", flush=True)
+
+        times = _common.interleaved({name: (lambda loop=loop: loop.run(args.steps)) for name, loop in loops.items()},
+                                    device, args.repeats, on_repeat=report)
         t0 = time.perf_counter()
         trainer.trainer.save()
         save_seconds = time.perf_counter() - t0
 
-    sps = {name: args.steps / statistics.median(ts) for name, ts in times.items()}
-    sps["trainer, excl. checkpoint"] = args.steps / max(statistics.median(times["trainer"]) - save_seconds, 1e-9)
+    sps = {name: args.steps / _common.median(ts) for name, ts in times.items()}
+    sps["trainer, excl. checkpoint"] = args.steps / max(_common.median(times["trainer"]) - save_seconds, 1e-9)
     overhead = {name: 100 * (sps["bare"] / v - 1) for name, v in sps.items()}
+    env = _common.environment(device)
     header = (f"Training throughput, {args.net} ({n_params:,} parameters), batch {cfg.train.batch_size}, "
               f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}: median of {args.repeats} "
               f"runs of {args.steps} steps after {args.warmup} warmup steps.\n\n")
-    table = "| loop | steps/s | ms/step | overhead vs bare |\n|---|---:|---:|---:|\n" + "".join(
-        f"| {name} | {v:.1f} | {1000 / v:.2f} | {overhead[name]:+.1f}% |\n" for name, v in sps.items())
+    table = _common.markdown_table(
+        ["loop", "steps/s", "ms/step", "overhead vs bare"],
+        [[name, f"{v:.1f}", f"{1000 / v:.2f}", f"{overhead[name]:+.1f}%"] for name, v in sps.items()],
+        [False, True, True, True])
     note = (f"\nEach trainer run ends with one checkpoint write ({1000 * save_seconds:.0f} ms); the last row "
-            f"subtracts it.\n")
+            f"subtracts it.\n\n{_common.environment_line(env)}\n")
     markdown = header + table + note
     print("\n" + markdown)
 
+    fig = _common.new_figure(7, 4)
+    ax = fig.add_subplot()
+    ax.bar(list(sps), list(sps.values()), color=["0.55", "0.55", "tab:blue", "tab:cyan"])
+    for i, v in enumerate(sps.values()):
+        ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("steps/s (higher is better)")
+    ax.set_title(f"Training throughput, {args.net}, batch {cfg.train.batch_size}, {args.device}", fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+
     result = {
         "net": args.net, "config": CONFIGS[args.net], "parameters": n_params, "device": args.device,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "batch_size": cfg.train.batch_size, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-        "steps_per_sec": sps, "overhead_pct": overhead, "seconds": times, "checkpoint_seconds": save_seconds,
-        "loss_rel_diff_vs_dsm_loss": loss_rel_diff, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device_name": env["device_name"], "threads": env["threads"], "cpu_count": env["cpu_count"],
+        "torch": env["torch"], "batch_size": cfg.train.batch_size, "steps": args.steps, "warmup": args.warmup,
+        "repeats": args.repeats, "quick": args.quick, "steps_per_sec": sps, "overhead_pct": overhead,
+        "seconds": times, "checkpoint_seconds": save_seconds, "loss_rel_diff_vs_dsm_loss": loss_rel_diff,
+        "date": env["date"], "environment": env,
     }
-    stem = os.path.join(args.out, f"train_throughput_{args.net}_{args.device}")
-    atomic_write_text(stem + ".json", json.dumps(result, indent=1) + "\n")
-    atomic_write_text(stem + ".md", markdown)
-    print(f"wrote {stem}.json and {stem}.md")
+    name = f"train_throughput_{args.net}_{args.device}" + ("_quick" if args.quick else "")
+    paths = _common.write_results(args.out, name, result, markdown, fig)
+    print("wrote " + ", ".join(paths))
 
 
 if __name__ == "__main__":
