@@ -160,6 +160,7 @@ def contenders(sde, eps: float, quick: bool, seed: int, notes: List[str]) -> Lis
         (f"probability_flow dopri5 (tol {tol:g})", "probability_flow", dict(method="dopri5", rtol=tol, atol=tol), True),
         ("dpm_solver order 2", "dpm_solver", dict(steps=dpm_steps(quick), order=2, multistep=True), False),
         ("dpm_solver order 3", "dpm_solver", dict(steps=dpm_steps(quick), order=3, multistep=True), False),
+        ("dpm_solver order 2 + corrector", "dpm_solver", dict(steps=dpm_steps(quick), order=2, corrector=True), False),
         ("heun", "heun", dict(steps=scale(25, quick)), False),
         (f"adaptive_sde (tol {sde_tol:g})", "adaptive_sde", dict(rtol=sde_tol, atol=sde_tol), True),
     ]

@@ -21,15 +21,20 @@ from .sampling._ode import Counter
 
 STEPS = (10, 20, 50, 100, 200)
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
+#: adaptive_sde's error control is per step of a noisy path: far looser tolerances than an ODE's
+SDE_TOLERANCES = (1e-1, 5e-2, 2e-2, 1e-2)
 
 
 @dataclass(frozen=True)
 class Method:
-    """A sampler setting to sweep: ``label``, the sampler's name and fixed options."""
+    """A sampler setting to sweep: ``label``, the sampler's name and fixed options. ``adaptive``:
+    None for a fixed-step sampler swept over step counts, "ode" or "sde" for one swept over
+    tolerances (``compare``'s ``tolerances`` or ``sde_tolerances``)."""
 
     label: str
     sampler: str
     options: Dict
+    adaptive: Optional[str] = None
 
 
 METHODS = (
@@ -38,15 +43,21 @@ METHODS = (
     Method("ancestral", "ancestral", {}),
     Method("ddim", "ddim", {}),
     Method("pf_ode:heun", "probability_flow", {"method": "heun"}),
-    Method("pf_ode:dopri5", "probability_flow", {"method": "dopri5"}),
+    Method("pf_ode:dopri5", "probability_flow", {"method": "dopri5"}, adaptive="ode"),
+    Method("dpm_solver++:2M", "dpm_solver", {}),
+    Method("dpm_solver:2M+corrector", "dpm_solver", {"corrector": True, "predict": "eps", "schedule": "quadratic"}),
+    Method("heun:edm", "heun", {}),
+    Method("adaptive_sde", "adaptive_sde", {}, adaptive="sde"),
 )
+#: the deterministic methods (probability-flow ODE solvers) among METHODS
+ODE_METHODS = ("ddim", "pf_ode:heun", "pf_ode:dopri5", "dpm_solver++:2M", "dpm_solver:2M+corrector", "heun:edm")
 
 
 def run_method(method: Method, score_fn, sde, x_T: torch.Tensor, setting, eps: float = 1e-3, seed: int = 0):
-    """Run one sampler at one step count (or tolerance, for adaptive ODE solvers): (samples, nfe, seconds)."""
+    """Run one sampler at one step count (or tolerance, for adaptive ones): (samples, nfe, seconds)."""
     counted = Counter(score_fn)
     options = dict(method.options)
-    if method.sampler == "probability_flow" and options.get("method") == "dopri5":
+    if method.adaptive:
         options.update(rtol=setting, atol=setting)
     else:
         options["steps"] = int(setting)
@@ -69,14 +80,15 @@ def quality(x: torch.Tensor, reference: torch.Tensor, on_target: Optional[Callab
 
 
 def compare(score_fn, sde, reference: torch.Tensor, *, num: int = 2000, steps: Sequence[int] = STEPS,
-            tolerances: Sequence[float] = TOLERANCES, methods: Sequence[Method] = METHODS, eps: float = 1e-3,
+            tolerances: Sequence[float] = TOLERANCES, sde_tolerances: Sequence[float] = SDE_TOLERANCES,
+            methods: Sequence[Method] = METHODS, eps: float = 1e-3,
             seed: int = 0, device=None, on_target: Optional[Callable] = None, progress: bool = False) -> List[Dict]:
     """Every method at every step count from the same prior draw; a list of result rows."""
     shape = (num,) + tuple(reference.shape[1:])
     x_T = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(seed)).to(device or "cpu")
     rows = []
     for m in methods:
-        settings = tolerances if (m.sampler == "probability_flow" and m.options.get("method") == "dopri5") else steps
+        settings = {"ode": tolerances, "sde": sde_tolerances}.get(m.adaptive, steps)
         for s in settings:
             x, nfe, seconds = run_method(m, score_fn, sde, x_T, s, eps=eps, seed=seed)
             row = {"sampler": m.label, "setting": s, "nfe": nfe, "seconds": seconds}

@@ -90,7 +90,8 @@ MODEL_NAMES = ("mlp", "unet")
 PARAMETERIZATIONS = ("eps", "score", "x0")
 CONDITIONINGS = (None, "time", "log_sigma")
 LOSS_NAMES = ("dsm", "ddpm", "smld")
-SAMPLERS = ("euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim")
+SAMPLERS = ("euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim",
+            "dpm_solver", "heun", "adaptive_sde")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 

@@ -55,6 +55,7 @@ def run_demo(workdir: str = os.path.join("runs", "demo"), overrides: Optional[Li
     steps = (10, 20, 50) if quick else (10, 20, 50, 100, 200)
     rows = compare(score, sde, test[:2000], num=min(2000, n_eval), steps=steps,
                    tolerances=(1e-2, 1e-3) if quick else (1e-2, 1e-3, 1e-4, 1e-5),
+                   sde_tolerances=(1e-1,) if quick else (1e-1, 5e-2, 2e-2, 1e-2),
                    on_target=on_checkerboard, progress=progress)
     paths = write_outputs(rows, workdir)
 

@@ -228,3 +228,10 @@ def test_sample_by_name_ignores_steps_for_adaptive():
     for name in ("dpm_solver", "heun", "adaptive_sde"):
         x = S.sample(name, mix.score_fn(sde), sde, (8, 2), steps=5, generator=torch.Generator().manual_seed(0))
         assert x.shape == (8, 2) and torch.isfinite(x).all()
+
+
+def test_configs_and_compare_know_every_sampler():
+    from scoresde import compare, config
+    assert set(config.SAMPLERS) == set(S.SAMPLERS)
+    assert {m.sampler for m in compare.METHODS} >= {"dpm_solver", "heun", "adaptive_sde"}
+    assert set(compare.ODE_METHODS) <= {m.label for m in compare.METHODS}
