@@ -38,6 +38,7 @@ import _common as C
 from scoresde import metrics
 from scoresde import sampling as S
 from scoresde.analytic import GaussianMixture
+from scoresde.sampling._ode import Counter
 from scoresde.sde import SDE, SubVPSDE, VESDE, VPSDE
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -96,17 +97,8 @@ def problem(name: str) -> GaussianMixture:
     return GaussianMixture(torch.rand(K, generator=g, dtype=torch.float64) + 0.5, means, 0.5 * (covs + covs.transpose(1, 2)))
 
 
-class Counted:
-    def __init__(self, score):
-        self.score, self.nfe = score, 0
-
-    def __call__(self, x, t):
-        self.nfe += 1
-        return self.score(x, t)
-
-
 def run_one(s: Sampler, score, sde: SDE, x_T, setting, seed: int):
-    counted = Counted(score)
+    counted = Counter(score)
     options = dict(s.options)
     if s.tolerances is not None:
         options.update(rtol=setting, atol=setting)

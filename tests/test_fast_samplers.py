@@ -39,6 +39,20 @@ def test_weights_integrate_polynomials_exactly(predict, h, nodes):
         assert got == pytest.approx(exact, rel=1e-11, abs=1e-14 * max(1.0, abs(exact))), (degree, got, exact)
 
 
+def point_mass(sde, m=(0.7, -1.2)):
+    """Data that is a point mass at m: (score, x_T, the exact PF-ODE solution at EPS, (alpha_T,
+    sigma_T, sigma_eps)). The solution is x_eps = alpha_eps m + (sigma_eps / sigma_T)(x_T - alpha_T m)."""
+    m = torch.tensor([m], dtype=torch.float64)
+
+    def score(x, t):
+        alpha, sigma = sde.marginal_coeffs(t, x)
+        return -(x - alpha[:, None] * m) / sigma[:, None] ** 2
+    x_T = sde.prior_sampling((4, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    aT, sT = (float(c) for c in sde.marginal_coeffs(torch.tensor([sde.T], dtype=torch.float64)))
+    ae, se = (float(c) for c in sde.marginal_coeffs(torch.tensor([EPS], dtype=torch.float64)))
+    return score, x_T, ae * m + se / sT * (x_T - aT * m), (aT, sT, se)
+
+
 @pytest.mark.parametrize("predict", ["x0", "eps"])
 @pytest.mark.parametrize("multistep", [True, False])
 @pytest.mark.parametrize("schedule", ["logsnr", "uniform", "karras"])
@@ -66,15 +80,8 @@ def test_point_mass_is_exact_for_every_variant():
     """For data that is a point mass at m, x0_hat = m at every time, a constant that every variant
     integrates exactly: in three steps each lands on the ODE solution
     x_eps = alpha_eps m + (sigma_eps / sigma_T) (x_T - alpha_T m)."""
-    m = torch.tensor([[0.7, -1.2]], dtype=torch.float64)
     for sde in make_sdes().values():
-        def score(x, t):
-            alpha, sigma = sde.marginal_coeffs(t, x)
-            return -(x - alpha[:, None] * m) / sigma[:, None] ** 2
-        x_T = sde.prior_sampling((4, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        aT, sT = (float(c) for c in sde.marginal_coeffs(torch.tensor([sde.T], dtype=torch.float64)))
-        ae, se = (float(c) for c in sde.marginal_coeffs(torch.tensor([EPS], dtype=torch.float64)))
-        exact = ae * m + se / sT * (x_T - aT * m)
+        score, x_T, exact, _ = point_mass(sde)
         for order in (1, 2, 3):
             for multistep in (True, False):
                 out = S.dpm_solver(score, sde, x_T, steps=3, order=order, multistep=multistep, eps=EPS, denoise=False)
@@ -111,17 +118,11 @@ def test_heun_point_mass_is_exact():
     Heun (and its Euler stage) hit it exactly in one step, up to rounding. The rounding is amplified:
     the Euler stage lands at eps with an error of ~ulp * s_T * |x|, s = sigma / alpha, and the second
     score evaluation divides it by sigma_eps and multiplies it by s_T again."""
-    m = torch.tensor([[0.7, -1.2]], dtype=torch.float64)
     for sde in make_sdes().values():
-        def score(x, t):
-            alpha, sigma = sde.marginal_coeffs(t, x)
-            return -(x - alpha[:, None] * m) / sigma[:, None] ** 2
-        x_T = sde.prior_sampling((4, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        aT, sT = (float(c) for c in sde.marginal_coeffs(torch.tensor([sde.T], dtype=torch.float64)))
-        ae, se = (float(c) for c in sde.marginal_coeffs(torch.tensor([EPS], dtype=torch.float64)))
+        score, x_T, exact, (aT, sT, se) = point_mass(sde)
         out = S.heun(score, sde, x_T, steps=1, eps=EPS, denoise=False)
         rounding = 8 * 2.0 ** -52 * (sT / aT) ** 2 * x_T.abs().max().item() / se
-        torch.testing.assert_close(out, ae * m + se / sT * (x_T - aT * m), rtol=0, atol=rounding)
+        torch.testing.assert_close(out, exact, rtol=0, atol=rounding)
 
 
 def test_heun_churn_zero_outside_window_is_deterministic(sde):
