@@ -2,7 +2,10 @@
 same network, against the bare network evaluated the same number of times.
 
 The floor for any sampler is its network evaluations: a plain Python loop calling the same
-ScoreModel NFE times on a fixed input at a fixed t. Everything a sampler adds (grid and
+ScoreModel on exactly the (x, t) inputs the sampler gave it, recorded in an untimed first run
+(the network's cost depends on its input: an untrained one drives samples far out, where it runs
+~15% slower than on x_T, so a fixed input would flatter or penalise samplers by where their
+paths go). Everything a sampler adds (grid and
 coefficient set-up, the update arithmetic, noise draws, solver bookkeeping) shows as
 
     overhead = 100 * (t_sampler / t_bare(NFE) - 1)  %.
@@ -67,16 +70,23 @@ class Contender:
     adaptive: bool = False
     nfe: int = 0
     error: Optional[str] = None
+    inputs: list = None          # the (x, t) of every score call, from the untimed first run
 
 
-class CountingScore:
-    """score_fn that counts its calls; used only in the untimed first run."""
+class RecordingScore:
+    """score_fn that keeps a copy of every input it is called with; used only in the untimed first
+    run. The network's cost depends on its input (an untrained one drives samples far out, where
+    its activations are slower), so each sampler's baseline replays exactly its own inputs."""
 
     def __init__(self, score):
-        self.score, self.nfe = score, 0
+        self.score, self.inputs = score, []
+
+    @property
+    def nfe(self) -> int:
+        return len(self.inputs)
 
     def __call__(self, x, t):
-        self.nfe += 1
+        self.inputs.append((x.clone(), t.clone()))
         return self.score(x, t)
 
 
@@ -234,24 +244,22 @@ def adapter_cost(sde, x_T, eps: float, calls: int = 200) -> float:
 def run_case(net: str, batch: int, args, device) -> dict:
     model, sde, shape, _ = _common.build_model(net, device, getattr(args, f"{net}_run"), args.seed)
     x_T = sde.prior_sampling((batch,) + shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    t_fixed = torch.full((batch,), 0.5, device=device)
     eps = 1e-3
     notes: List[str] = []
     print(f"\n{net}: {_common.parameter_count(model):,} parameters, batch {batch}", flush=True)
     with torch.inference_mode():
         loops = contenders(sde, eps, args.quick, args.seed, notes)
         for c in loops:
-            # The counting run doubles as warm-up of the Python paths. A fixed-step sampler's NFE does
-            # not depend on the batch, so it runs on a few samples; an adaptive solver's does (its
-            # error norm spans the batch): that one runs on the timed input.
-            counter = CountingScore(model)
+            # The recording run doubles as warm-up of the Python paths; it runs on the timed input,
+            # which fixes the inputs the baseline replays (and an adaptive solver's NFE).
+            counter = RecordingScore(model)
             try:
-                c.run_with(counter, x_T if c.adaptive else x_T[:2])
+                c.run_with(counter, x_T)
             except Exception as e:  # a sampler still being written must not sink the whole benchmark
                 c.error = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
                 notes.append(f"{c.label}: failed, {c.error}")
                 continue
-            c.nfe = counter.nfe
+            c.nfe, c.inputs = counter.nfe, counter.inputs
             print(f"  {c.label}: {c.nfe} NFE", flush=True)
         loops = [c for c in loops if c.error is None]
         labels = {c.label for c in loops}
@@ -260,10 +268,10 @@ def run_case(net: str, batch: int, args, device) -> dict:
                   for name in ("DDIMScheduler", "DPMSolverMultistepScheduler")
                   if SAME_METHOD[name][0] in labels and any(lab.startswith(name) for lab in labels)]
 
-        def bare(n):
+        def bare(inputs):
             def loop():
-                for _ in range(n):
-                    model(x_T, t_fixed)
+                for x, t in inputs:
+                    model(x, t)
             return loop
 
         # Adaptive solvers take several times the NFE of the fixed-step ones (hundreds at batch
@@ -274,13 +282,13 @@ def run_case(net: str, batch: int, args, device) -> dict:
             if not members:
                 continue
             runs = {c.label: (lambda c=c: c.run_with(model, x_T)) for c in members}
-            for n in sorted({c.nfe for c in members}):
-                runs[f"bare x{n}"] = bare(n)
+            for c in members:
+                runs[f"bare: {c.label}"] = bare(c.inputs)
             kind = "adaptive" if group else "fixed-step"
             res = _common.interleaved(runs, device, repeats, on_repeat=lambda r, ts, kind=kind, repeats=repeats: print(
                 f"  {kind} round {r + 1}/{repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True))
             for c in members:
-                times[c.label] = (res[c.label], res[f"bare x{c.nfe}"])
+                times[c.label] = (res[c.label], res[f"bare: {c.label}"])
         adapter = adapter_cost(sde, x_T, eps) if any(c.impl == "diffusers" for c in loops) else None
 
     rows = []
@@ -308,7 +316,7 @@ def case_markdown(case: dict, device: str) -> str:
     rows = case["rows"]
     md = [f"### {case['net']}, batch {case['batch']} ({case['parameters']:,} parameters, {case['weights']})\n"]
     md.append(_common.markdown_table(
-        ["sampler", "impl", "NFE", "time (s)", "bare, same NFE (s)", "overhead", "range over rounds", "ms/NFE"],
+        ["sampler", "impl", "NFE", "time (s)", "bare, same inputs (s)", "overhead", "range over rounds", "ms/NFE"],
         [[r["sampler"], r["impl"], r["nfe"], f"{r['median_s']:.3f}", f"{r['bare_median_s']:.3f}",
           f"{r['overhead_pct']:+.1f}%", f"{r['overhead_pct_range'][0]:+.1f} … {r['overhead_pct_range'][1]:+.1f}%",
           f"{r['ms_per_nfe']:.2f}"] for r in rows],
@@ -379,8 +387,8 @@ def main(argv=None):
 
     markdown = (f"## Sampler overhead over the bare network{' (quick smoke run)' if args.quick else ''}\n\n"
                 f"Median of {args.repeats} interleaved runs ({args.adaptive_repeats} for the adaptive solvers); "
-                f"overhead = 100 (t_sampler / t_bare - 1), t_bare = the same ScoreModel called NFE times in a plain "
-                f"loop; range = the per-round paired ratios. "
+                f"overhead = 100 (t_sampler / t_bare - 1), t_bare = the same ScoreModel called in a plain loop on the "
+                f"sampler's own recorded inputs; range = the per-round paired ratios. "
                 f"{_common.environment_line(env)}.\n\n" + "\n".join(case_markdown(c, args.device) for c in cases))
     print("\n" + markdown)
 
@@ -389,7 +397,7 @@ def main(argv=None):
         ax = fig.add_subplot(len(cases), 1, i + 1)
         labels = [f"{r['sampler']} [{r['nfe']}]" for r in case["rows"]]
         _common.grouped_bars(ax, labels, {"sampler loop": [r["median_s"] for r in case["rows"]],
-                                          "bare network, same NFE": [r["bare_median_s"] for r in case["rows"]]},
+                                          "bare network, same inputs": [r["bare_median_s"] for r in case["rows"]]},
                              "seconds (median)")
         ax.set_title(f"{case['net']}, batch {case['batch']}, {args.device}: time per sampler vs bare [NFE]", fontsize=10)
     payload = {"benchmark": "overhead", "quick": args.quick, "repeats": args.repeats,

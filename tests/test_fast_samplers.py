@@ -27,7 +27,7 @@ def closed_form_moment(h, n, predict):
 
 
 @pytest.mark.parametrize("predict", ["x0", "eps"])
-@pytest.mark.parametrize("h", [1e-3, 0.07, 0.9, 4.0])
+@pytest.mark.parametrize("h", [1e-3, 0.07, 0.9, 4.0, 15.0])
 @pytest.mark.parametrize("nodes", [(0.0,), (0.0, -0.5), (0.0, -0.5, -1.3), (0.0, 0.4), (0.0, 1 / 3, 2 / 3)])
 def test_weights_integrate_polynomials_exactly(predict, h, nodes):
     """Σ_j w_j p(u_j) = ∫_0^h K(u) p(u) du for every polynomial p of degree < len(nodes)."""
