@@ -104,7 +104,9 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
     B, T = x.shape[0], sde.T
     if method in ADAPTIVE_METHODS:
         rtol, atol = _checks.tolerance(rtol, "rtol"), _checks.tolerance(atol, "atol")
-        options, total = None, None
+        # land exactly on the end time: past it the score is only defined by clamping, and the
+        # dense-output interpolation back to it would cost accuracy
+        options, total = {"step_t": [T]}, None
     else:
         _checks.positive_int(steps)
         grid = torch.linspace(eps, T, steps + 1, device=x.device, dtype=x.dtype)

@@ -37,7 +37,9 @@ def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5",
         rtol, atol = _checks.tolerance(rtol, "rtol"), _checks.tolerance(atol, "atol")
         eps = _checks.eps(sde, eps)
         grid_t = torch.tensor([sde.T, eps], dtype=torch.float64)
-        options, total = None, None
+        # land exactly on the end time: past it the score is only defined by clamping, and the
+        # dense-output interpolation back to it would cost accuracy
+        options, total = {"step_t": [eps]}, None
     else:
         grid_t = time_grid(sde, steps, eps, schedule)
         eps = float(grid_t[-1])
