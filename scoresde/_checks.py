@@ -67,3 +67,17 @@ def score_function(score_fn: Callable) -> Callable[[Tensor, Tensor], Tensor]:
         return s
 
     return score
+
+
+class NonFiniteError(FloatingPointError):
+    """A sampler or likelihood produced NaN or inf: the score function returned non-finite values
+    or the solver diverged."""
+
+
+def finite_result(value: Tensor, routine: str) -> Tensor:
+    """The one host read of a sampling or likelihood run, after its loop: NaN propagates through
+    every update here, so checking the result catches a non-finite score at any step."""
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError(f"{routine}: the result contains NaN or inf; the score function returned non-finite "
+                             "values (or the solver diverged), so nothing is returned")
+    return value

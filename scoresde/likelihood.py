@@ -17,11 +17,10 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from .sde import SDE
 from . import _checks
-from .sampling._ode import Counter, clamped_time, pf_drift
+from .sampling._ode import Counter, clamped_time, integrate, pf_drift
 from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS, STAGES
 
 ESTIMATORS = ("hutchinson", "exact")
@@ -128,14 +127,12 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
 
     state0 = torch.cat([x.detach().reshape(B, D), torch.zeros(B, 1, device=x.device, dtype=x.dtype)], dim=1)
     ends = torch.tensor([eps, T], device=x.device, dtype=x.dtype)
-    try:
-        end = odeint(rhs, state0, ends, method=FIXED_METHODS.get(method, method), rtol=rtol, atol=atol,
-                     options=options)[-1]
-    finally:
-        counted.close()
+    end = integrate(rhs, state0, ends, FIXED_METHODS.get(method, method), rtol, atol, options, counted,
+                    "log_likelihood")
     z, delta = end[:, :D].reshape(shape), end[:, D]
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z)
-    return LikelihoodResult(logp=prior + delta, z=z, nfe=counted.nfe, prior_logp=prior, delta_logp=delta)
+    logp = _checks.finite_result(prior + delta, "log_likelihood")
+    return LikelihoodResult(logp=logp, z=z, nfe=counted.nfe, prior_logp=prior, delta_logp=delta)
 
 
 def bits_per_dim(score_fn, sde: SDE, x: Tensor, *, data_range: Tuple[float, float] = (-1.0, 1.0),

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import trange
 
+from .. import _checks
 from ..sde import SDE
 from .grids import Grid
 
@@ -90,7 +91,9 @@ def run(score: Callable, grid: Grid, step: Step, x: Tensor, *, denoise: bool, pr
         if corrector is not None:
             x = corrector(k, x, t)
         x = step(k, x, t, ts[k + 1].expand(B))
-    return tweedie(score, x, ts[-1].expand(B), *end) if denoise else x
+    if denoise:
+        x = tweedie(score, x, ts[-1].expand(B), *end)
+    return _checks.finite_result(x, desc)
 
 
 def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, denoise: bool,

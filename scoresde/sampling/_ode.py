@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from torch import Tensor
+from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
+from .._checks import NonFiniteError
 from ..sde import SDE, batch_broadcast
 
 
@@ -36,6 +38,22 @@ class Counter:
 
 
 def clamped_time(t: Tensor, lo: float, hi: float, batch: int, like: Tensor) -> Tensor:
-    """Solver time -> a (B,) score time inside [lo, hi]. Adaptive solvers evaluate past their end
-    point (and interpolate back); the clamp keeps the score inside its domain there."""
-    return t.to(like.dtype).clamp(lo, hi).expand(batch)
+    """Solver time -> a (B,) score time inside [lo, hi]. Adaptive solvers may evaluate past their
+    end point; the clamp keeps the score inside its domain there. A NaN time (the step size an
+    adaptive solver derives from a NaN error estimate) goes to ``lo``: the solver then fails or the
+    NaN reaches the result, and both are reported as a NonFiniteError."""
+    return t.to(like.dtype).nan_to_num(nan=lo).clamp(lo, hi).expand(batch)
+
+
+def integrate(rhs: Callable, y0: Tensor, ends: Tensor, method: str, rtol: float, atol: float,
+              options: Optional[dict], counted: Counter, routine: str) -> Tensor:
+    """torchdiffeq's odeint from ends[0] to ends[1], returning the end state. Its adaptive solvers
+    meet a non-finite score by shrinking the step until an assertion fails ("underflow in dt"):
+    that becomes a NonFiniteError naming ``routine``."""
+    try:
+        return odeint(rhs, y0, ends, method=method, rtol=rtol, atol=atol, options=options)[-1]
+    except AssertionError as e:
+        raise NonFiniteError(f"{routine}: the ODE solver failed ({' '.join(str(e).split())[:120]}); the score "
+                             "function returned non-finite values or the ODE is too stiff for this tolerance") from None
+    finally:
+        counted.close()

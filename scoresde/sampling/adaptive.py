@@ -22,8 +22,8 @@ stays part of the sample's Brownian path: a rejected (h, dW) is pushed on a per-
 the next, shorter step takes its increment from the Brownian bridge inside it (and leaves the rest
 on the stack), so the path is never redrawn. ``memory=False`` gives the paper's redraw.
 
-The loop reads a few integers per iteration on the host (are all samples done; how deep is the
-deepest stack): an adaptive solver cannot know its step count in advance.
+The loop reads three integers per iteration on the host (are all samples done; how deep is the
+deepest stack; was anything non-finite): an adaptive solver cannot know its step count in advance.
 """
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
     rejected = torch.zeros_like(accepted)
     stacks = _BrownianStacks(x) if memory else None
     tiny = torch.finfo(x.dtype).tiny
+    nonfinite = torch.zeros((), dtype=torch.bool, device=x.device)
     bar = tqdm(desc="adaptive_sde", unit="step", leave=False) if progress else None
     iters = 0
 
@@ -128,7 +129,11 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
         return batch_broadcast(sde.drift_coeff(t), y) * y - batch_broadcast(sde._diffusion(t) ** 2, y) * score(y, t)
 
     while True:
-        active, max_depth = torch.stack([(span > 0).any().long(), stacks.depth.max() if memory else span.new_zeros((), dtype=torch.long)]).tolist()
+        depth = stacks.depth.max() if memory else span.new_zeros((), dtype=torch.long)
+        active, max_depth, bad = torch.stack([(span > 0).any().long(), depth, nonfinite.long()]).tolist()
+        if bad:  # a NaN error estimate rejects every step forever: stop at once
+            raise _checks.NonFiniteError("adaptive_sde: the score function returned non-finite values "
+                                         "(NaN or inf in the error estimate)")
         if not active:
             break
         if iters == max_iters:
@@ -149,6 +154,7 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
         x_heun = 0.5 * (x_em + x_tilde)
         delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_em.abs(), x.abs()))
         err = ((x_em - x_heun) / delta).flatten(1).norm(dim=1).double() / math.sqrt(n)
+        nonfinite = nonfinite | ~torch.isfinite(err).all()
         ok = (err <= 1) & (span > 0)
         refused = (err > 1) & (span > 0)
         if memory:
@@ -166,4 +172,5 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
     if denoise:
         x = tweedie_at(score, sde, x, eps)
         nfe += 1
+    _checks.finite_result(x, "adaptive_sde")
     return (x, AdaptiveStats(nfe, accepted, rejected)) if return_stats else x

@@ -5,12 +5,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from ..sde import SDE
 from .. import _checks
 from ._loop import tweedie_at
-from ._ode import Counter, clamped_time, pf_drift
+from ._ode import Counter, clamped_time, integrate, pf_drift
 from .grids import Schedule, time_grid
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
@@ -54,11 +53,7 @@ def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5",
         return pf_drift(sde, counted, y, clamped_time(t, eps, T, B, y))
 
     ends = torch.tensor([T, eps], device=x.device, dtype=x.dtype)
-    try:
-        x = odeint(rhs, x, ends, method=FIXED_METHODS.get(method, method), rtol=rtol, atol=atol,
-                   options=options)[-1]
-    finally:
-        counted.close()
+    x = integrate(rhs, x, ends, FIXED_METHODS.get(method, method), rtol, atol, options, counted, "probability_flow")
     if denoise:
         x = tweedie_at(score, sde, x, eps)
-    return x.reshape(shape)
+    return _checks.finite_result(x.reshape(shape), "probability_flow")

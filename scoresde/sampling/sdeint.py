@@ -78,4 +78,4 @@ def reverse_sde(score_fn, sde: SDE, x_T: Tensor, *, method: str = "euler", steps
     x = y.reshape(shape)
     if denoise:
         x = tweedie_at(score, sde, x, eps)
-    return x
+    return _checks.finite_result(x, "reverse_sde")
