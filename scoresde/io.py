@@ -154,12 +154,16 @@ def load_checkpoint(path: str) -> Tuple[dict, Dict[str, Dict[str, torch.Tensor]]
     return meta, tensors
 
 
-def newest_checkpoint(directory: str) -> Optional[Tuple[dict, Dict[str, Dict[str, torch.Tensor]], str]]:
-    """The newest checkpoint in ``directory`` that reads cleanly, skipping damaged ones; None if none."""
+def newest_checkpoint(directory: str, skipped: Optional[List[str]] = None
+                      ) -> Optional[Tuple[dict, Dict[str, Dict[str, torch.Tensor]], str]]:
+    """The newest checkpoint in ``directory`` that reads cleanly, skipping damaged ones (their
+    errors are appended to ``skipped``); None if there is none."""
     for _, path in list_checkpoints(directory):
         try:
             meta, tensors = load_checkpoint(path)
-        except CheckpointError:
+        except CheckpointError as e:
+            if skipped is not None:
+                skipped.append(str(e))
             continue
         return meta, tensors, path
     return None

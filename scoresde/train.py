@@ -16,6 +16,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -205,6 +206,12 @@ class Trainer:
         return io.save_checkpoint(self.ckpt_dir, self.step, tensors, meta, keep=self.cfg.train.keep_checkpoints)
 
     def restore(self, meta: dict, tensors: dict, path: str) -> None:
+        saved, current = meta.get("config"), self.cfg.to_dict()
+        for section in ("sde", "model"):  # train.* may change between runs (e.g. more steps); these may not
+            if not isinstance(saved, dict) or saved.get(section) != current[section]:
+                got = saved.get(section) if isinstance(saved, dict) else None
+                raise io.CheckpointError(f"{path}: its {section} config {got!r} differs from this run's "
+                                         f"{current[section]!r}")
         try:
             self.net.load_state_dict(tensors["model"])
             self.ema.module.load_state_dict(tensors["ema"])
@@ -222,7 +229,15 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
         if resume:
-            found = io.newest_checkpoint(self.ckpt_dir)
+            skipped: list = []
+            found = io.newest_checkpoint(self.ckpt_dir, skipped)
+            if found is None and skipped:
+                # starting over would overwrite what may be the only copy of a long run
+                raise io.CheckpointError(f"{self.ckpt_dir}: none of the {len(skipped)} checkpoint(s) is readable "
+                                         f"(newest: {skipped[0]}); not starting over in this workdir")
+            if self.dist.main:
+                for reason in skipped:
+                    print(f"warning: skipped a damaged checkpoint: {reason}", file=sys.stderr)
             if found is not None:
                 self.restore(*found)
         if self.dist.main:
@@ -381,9 +396,10 @@ def load(path: str, device: Optional[str] = None) -> LoadedRun:
         ckpt_dir = os.path.join(path, "checkpoints")
         if not io.list_checkpoints(ckpt_dir):
             raise io.CheckpointError(f"{path}: no checkpoints found (expected {ckpt_dir}/ckpt_<step>/)")
-        found = io.newest_checkpoint(ckpt_dir)
+        skipped: list = []
+        found = io.newest_checkpoint(ckpt_dir, skipped)
         if found is None:
-            raise io.CheckpointError(f"{ckpt_dir}: no readable checkpoint (all are damaged)")
+            raise io.CheckpointError(f"{ckpt_dir}: no readable checkpoint (newest: {skipped[0]})")
         meta, tensors, ckpt = found
     try:
         cfg = from_dict(meta["config"], source=os.path.join(ckpt, "meta.json"))

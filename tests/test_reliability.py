@@ -65,3 +65,141 @@ def test_finite_runs_are_untouched():
     x_T = sde.prior_sampling((8, 2), generator=torch.Generator().manual_seed(1))
     for _, run in FAULT_RUNS:
         run(FaultyScore(sde, below=-1.0), sde, x_T)  # never faulty: no error
+
+
+# ==== untrusted checkpoints =======================================================================
+
+import json  # noqa: E402
+import os  # noqa: E402
+import pickle  # noqa: E402
+import shutil  # noqa: E402
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from scoresde import io  # noqa: E402
+from scoresde.cli import main  # noqa: E402
+from scoresde.config import from_dict  # noqa: E402
+from scoresde.train import train  # noqa: E402
+
+TINY = {
+    "sde": {"type": "vp"},
+    "model": {"name": "mlp", "hidden": 32, "depth": 2, "embed_dim": 16},
+    "data": {"name": "checkerboard", "n_train": 2000},
+    "train": {"steps": 10, "batch_size": 64, "lr": 1e-3, "warmup": 5, "checkpoint_every": 10,
+              "log_every": 5, "keep_checkpoints": 10, "seed": 3},
+    "sample": {"num": 16, "steps": 5, "sampler": "ddim"},
+}
+
+
+class Payload:
+    """Unpickling this creates the directory ``marker``: proof that loading ran foreign code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _pickle_bytes(marker):
+    return pickle.dumps(Payload(marker))
+
+
+def _torch_save_bytes(marker, path):
+    torch.save({"weight": Payload(marker)}, path)  # the zip format torch.load would unpickle
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def _reshape_ema(path):
+    tensors = load_file(path)
+    save_file({k: torch.zeros(v.numel() + 1) for k, v in tensors.items()}, path)
+
+
+def _drop_ema_key(path):
+    tensors = load_file(path)
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, path)
+
+
+def _huge_header(path):
+    # a safetensors header announcing 2^62 bytes of header: must be refused, not allocated
+    open(path, "wb").write((2 ** 62).to_bytes(8, "little") + b"{}")
+
+
+def _bad_config(meta_path):
+    meta = json.load(open(meta_path))
+    meta["config"]["model"]["hidden"] = "many"
+    json.dump(meta, open(meta_path, "w"))
+
+
+DAMAGES = {
+    "pickle as ema.safetensors": lambda ck, m: open(os.path.join(ck, "ema.safetensors"), "wb").write(_pickle_bytes(m)),
+    "pickle as model.safetensors": lambda ck, m: open(os.path.join(ck, "model.safetensors"), "wb").write(_pickle_bytes(m)),
+    "torch.save zip as ema.safetensors": lambda ck, m: _torch_save_bytes(m, os.path.join(ck, "ema.safetensors")),
+    "pickle as meta.json": lambda ck, m: open(os.path.join(ck, "meta.json"), "wb").write(_pickle_bytes(m)),
+    "truncated ema": lambda ck, m: _truncate(os.path.join(ck, "ema.safetensors")),
+    "truncated meta": lambda ck, m: _truncate(os.path.join(ck, "meta.json")),
+    "random bytes": lambda ck, m: open(os.path.join(ck, "ema.safetensors"), "wb").write(os.urandom(4096)),
+    "empty file": lambda ck, m: open(os.path.join(ck, "state.safetensors"), "wb").close(),
+    "huge header": lambda ck, m: _huge_header(os.path.join(ck, "ema.safetensors")),
+    "wrong shapes": lambda ck, m: _reshape_ema(os.path.join(ck, "ema.safetensors")),
+    "missing tensor": lambda ck, m: _drop_ema_key(os.path.join(ck, "ema.safetensors")),
+    "bad config in meta": lambda ck, m: _bad_config(os.path.join(ck, "meta.json")),
+}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("clean") / "run"
+    train(from_dict(json.loads(json.dumps(TINY))), str(run), progress=False)
+    return run
+
+
+def _one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_untrusted_checkpoint_is_refused_and_never_runs_code(tmp_path, clean_run, capsys, damage):
+    run = tmp_path / "run"
+    shutil.copytree(clean_run, run)
+    ckpt = run / "checkpoints" / "ckpt_00000010"
+    marker = str(tmp_path / "PAYLOAD_RAN")
+    DAMAGES[damage](str(ckpt), marker)
+
+    with pytest.raises(io.CheckpointError) as info:
+        sd.load(str(run))
+    assert "\n" not in str(info.value) and "ckpt_00000010" in str(info.value)
+    with pytest.raises(io.CheckpointError):
+        sd.load(str(ckpt))
+    for argv in (["sample", str(run), "--num", "4", "--out", str(tmp_path / "s.png"), "--quiet"],
+                 ["likelihood", str(run), "--num", "4"],
+                 ["train", str(run / "config.yaml"), "--workdir", str(run), "--resume", "--quiet"]):
+        line = _one_line_error(capsys, argv)
+        assert "ckpt_00000010" in line, line
+    assert not os.path.exists(marker), "loading a checkpoint ran code"
+    assert not (tmp_path / "s.png").exists()
+    assert sorted(os.listdir(run / "checkpoints")) == ["ckpt_00000010"]  # nothing new written
+
+
+def test_resume_falls_back_to_an_older_readable_checkpoint(tmp_path, capsys):
+    """With a damaged newest checkpoint and a good older one, --resume warns and continues from the
+    older one (losing only the steps since it)."""
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(steps=20)
+    run = tmp_path / "run"
+    train(from_dict(raw), str(run), progress=False)
+    DAMAGES["pickle as ema.safetensors"](str(run / "checkpoints" / "ckpt_00000020"), str(tmp_path / "PAYLOAD_RAN"))
+    assert main(["train", str(run / "config.yaml"), "--workdir", str(run), "--resume", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped a damaged checkpoint" in err and "ckpt_00000020" in err
+    assert io.load_checkpoint(str(run / "checkpoints" / "ckpt_00000020"))[0]["step"] == 20
+    assert not os.path.exists(tmp_path / "PAYLOAD_RAN")
