@@ -125,6 +125,18 @@ def save_checkpoint(directory: str, step: int, tensors: Dict[str, Dict[str, torc
     return final
 
 
+def remove_temporaries(directory: str) -> List[str]:
+    """Delete what interrupted writes left in ``directory`` (``.ckpt_*.tmp`` assembly directories
+    and ``ckpt_*.stale-*`` swapped-out ones): never a published checkpoint. Returns their names."""
+    if not os.path.isdir(directory):
+        return []
+    leftovers = [n for n in os.listdir(directory)
+                 if (n.startswith(".ckpt_") and n.endswith(".tmp")) or (n.startswith("ckpt_") and ".stale-" in n)]
+    for name in leftovers:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    return leftovers
+
+
 def load_checkpoint(path: str) -> Tuple[dict, Dict[str, Dict[str, torch.Tensor]]]:
     """Read a checkpoint directory: (meta, {file: tensors}). Any problem is a CheckpointError."""
     if not os.path.isdir(path):

@@ -242,6 +242,7 @@ class Trainer:
                 self.restore(*found)
         if self.dist.main:
             os.makedirs(self.workdir, exist_ok=True)
+            io.remove_temporaries(self.ckpt_dir)  # halves of checkpoints a killed run was writing
             save_config(self.cfg, os.path.join(self.workdir, "config.yaml"))
             self._trim_metrics()
         if self.step >= t.steps:

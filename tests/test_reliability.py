@@ -203,3 +203,141 @@ def test_resume_falls_back_to_an_older_readable_checkpoint(tmp_path, capsys):
     assert "skipped a damaged checkpoint" in err and "ckpt_00000020" in err
     assert io.load_checkpoint(str(run / "checkpoints" / "ckpt_00000020"))[0]["step"] == 20
     assert not os.path.exists(tmp_path / "PAYLOAD_RAN")
+
+
+# ==== killed and resumed training =================================================================
+
+import random  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+KILL_CONFIG = json.loads(json.dumps(TINY))
+KILL_CONFIG["train"].update(steps=1000, checkpoint_every=10, keep_checkpoints=3, log_every=10)
+
+# The worker trains with resume=True. KILL_DURING_SAVE=n makes it SIGKILL itself in the middle of
+# writing its n-th checkpoint (after the first tensor file), the worst moment for a crash.
+WORKER = r"""
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from scoresde.config import from_dict
+from scoresde import io
+from scoresde.train import train
+cfg, workdir = from_dict(json.loads(sys.argv[1])), sys.argv[2]
+n = int(os.environ.get("KILL_DURING_SAVE", "0"))
+if n:
+    real, calls = io.save_file, []
+    def dying_save_file(tensors, path):
+        real(tensors, path)
+        calls.append(path)
+        if len(calls) == 4 * (n - 1) + 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    io.save_file = dying_save_file
+print(json.dumps(train(cfg, workdir, resume=True, progress=False)), flush=True)
+"""
+
+
+def _launch(workdir, env=None):
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(KILL_CONFIG), str(workdir)], env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _assert_all_checkpoints_readable(workdir):
+    for _, path in io.list_checkpoints(str(workdir / "checkpoints")):
+        io.load_checkpoint(path)  # raises on any torn or partial file
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted run in a worker process, and how long that took (kill times scale with it,
+    so the test means the same on a fast and a slow machine)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    start = time.time()
+    out, err = _launch(run).communicate(timeout=300)
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "complete", err
+    return run, time.time() - start
+
+
+def _assert_same_final(run, reference):
+    reference = reference[0]
+    final = f"ckpt_{KILL_CONFIG['train']['steps']:08d}"
+    _, a = io.load_checkpoint(str(run / "checkpoints" / final))
+    _, b = io.load_checkpoint(str(reference / "checkpoints" / final))
+    for group in b:
+        for k in b[group]:
+            assert torch.equal(a[group][k], b[group][k]), f"{group}.{k} differs from the uninterrupted run"
+    assert not [n for n in os.listdir(run / "checkpoints") if n.startswith(".")], "temporary leftovers"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, reference_run, seed):
+    """Killed with SIGKILL at random moments (the first kill before any checkpoint exists) and
+    resumed again and again, the run ends with the uninterrupted run's weights, bit for bit; after
+    every kill each checkpoint on disk reads cleanly."""
+    rng = random.Random(seed)
+    run, duration = tmp_path / "run", reference_run[1]
+    kills, before_first = 0, False
+    for attempt in range(12):
+        proc = _launch(run)
+        if attempt < 8:
+            # the first kill lands while the worker is still importing, the others mid-training
+            delay = 0.1 * duration if attempt == 0 else rng.uniform(0.3, 0.6) * duration
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                before_first |= not io.list_checkpoints(str(run / "checkpoints"))
+                _assert_all_checkpoints_readable(run)
+                continue
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        status = json.loads(out.strip().splitlines()[-1])["status"]
+        if status in ("complete", "already complete"):
+            break
+    assert kills >= 3 and before_first, (kills, before_first)
+    _assert_same_final(run, reference_run)
+
+
+def test_sigkill_during_a_checkpoint_write(tmp_path, reference_run):
+    """Dying halfway through writing checkpoints 2 and then 5 leaves the earlier ones intact; the
+    half-written one never appears under its final name; resuming finishes bit-identically."""
+    run = tmp_path / "run"
+    every = KILL_CONFIG["train"]["checkpoint_every"]
+    for n in (2, 5):
+        start = max([s for s, _ in io.list_checkpoints(str(run / "checkpoints"))], default=0)
+        proc = _launch(run, {"KILL_DURING_SAVE": str(n)})
+        proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL
+        _assert_all_checkpoints_readable(run)
+        steps = [s for s, _ in io.list_checkpoints(str(run / "checkpoints"))]
+        killed = start + n * every
+        assert max(steps) == killed - every, f"checkpoint {killed} was being written when killed; on disk: {steps}"
+    proc = _launch(run)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    _assert_same_final(run, reference_run)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_sigterm_write_a_checkpoint_and_exit_cleanly(tmp_path, reference_run, sig):
+    run = tmp_path / "run"
+    proc = _launch(run)
+    deadline = time.time() + 60
+    while not io.list_checkpoints(str(run / "checkpoints")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"].startswith(f"stopped by {sig.name}"), result
+    newest = io.list_checkpoints(str(run / "checkpoints"))[0][0]
+    assert newest == result["step"], "the stop did not write a checkpoint at the step it stopped"
+    proc = _launch(run)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    _assert_same_final(run, reference_run)
