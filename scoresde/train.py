@@ -12,6 +12,7 @@ identical on all ranks. Rank 0 writes checkpoints, metrics and snapshots.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -104,7 +105,10 @@ def init_distributed(device_name: str) -> Dist:
         return Dist()
     if not dist.is_initialized():
         use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # a peer that hangs (rather than dies, which torchrun's agent handles) fails every
+        # collective after this many seconds instead of the backend's default 30 minutes
+        timeout = datetime.timedelta(seconds=float(os.environ.get("SCORESDE_DIST_TIMEOUT", "600")))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

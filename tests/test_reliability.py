@@ -341,3 +341,76 @@ def test_sigint_sigterm_write_a_checkpoint_and_exit_cleanly(tmp_path, reference_
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     _assert_same_final(run, reference_run)
+
+
+# ==== a dying rank ================================================================================
+
+DYING_RANK_WORKER = r"""
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from scoresde.config import from_dict
+from scoresde.train import Trainer
+cfg = from_dict(json.loads(sys.argv[1]))
+t = Trainer(cfg, sys.argv[2], progress=False)
+if t.dist.rank == 1:
+    real = t.opt.step
+    def step_then_die(*a, **k):
+        if t.step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    t.opt.step = step_then_die
+t.fit()
+"""
+
+
+def test_a_dying_rank_stops_the_others_promptly(tmp_path):
+    """In a 2-process CPU run under torchrun, rank 1 dies (SIGKILL) at step 5: the launcher ends the
+    run with a non-zero exit and a message naming the failed rank within a bounded time, instead of
+    rank 0 hanging in its next all-reduce; the checkpoint from before the death stays readable."""
+    script = tmp_path / "worker.py"
+    script.write_text(DYING_RANK_WORKER)
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(steps=200, checkpoint_every=4, log_every=4)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), json.dumps(raw), str(tmp_path / "run")]
+    start = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    elapsed = time.time() - start
+    assert out.returncode != 0
+    assert elapsed < 120, f"took {elapsed:.0f} s to give up"
+    assert "rank" in out.stderr.lower() and ("SIGKILL" in out.stderr or "Signal 9" in out.stderr), out.stderr[-2000:]
+    _assert_all_checkpoints_readable(tmp_path / "run")
+    assert [s for s, _ in io.list_checkpoints(str(tmp_path / "run" / "checkpoints"))] == [4]
+
+
+def test_a_dying_rank_without_torchrun_is_one_clear_error(tmp_path):
+    """Two processes joined by hand (no torchrun agent to clean up): rank 1 dies at step 5, and
+    rank 0, run through the CLI, stops with one error line instead of waiting for its peer."""
+    import socket
+    import yaml
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(steps=200, checkpoint_every=4, log_every=4)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    script = tmp_path / "worker.py"
+    script.write_text(DYING_RANK_WORKER)
+    base = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                SCORESDE_DIST_TIMEOUT="30")
+    workdir = str(tmp_path / "run")
+    start = time.time()
+    rank0 = subprocess.Popen([sys.executable, "-m", "scoresde", "train", str(config), "--workdir", workdir, "--quiet"],
+                             env=dict(base, RANK="0", LOCAL_RANK="0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    rank1 = subprocess.Popen([sys.executable, str(script), json.dumps(raw), workdir],
+                             env=dict(base, RANK="1", LOCAL_RANK="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = rank0.communicate(timeout=180)
+    rank1.communicate(timeout=60)
+    assert rank1.returncode == -signal.SIGKILL
+    assert rank0.returncode == 2 and time.time() - start < 90, (rank0.returncode, err[-2000:])
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[W")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    _assert_all_checkpoints_readable(tmp_path / "run")
