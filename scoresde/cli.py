@@ -150,9 +150,15 @@ def _positive(text: str) -> int:
     return v
 
 
+def _printable(message: str) -> str:
+    """One line: control characters a user typed (a stray \\r, an escape) shown escaped."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(message))
+    return " ".join(text.split())
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's own usage dump is noise here)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {_printable(message)}\n")
         sys.exit(2)
 
 
@@ -226,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         if os.environ.get("SCORESDE_DEBUG"):
             raise
-        print(f"scoresde: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"scoresde: error: {_printable(e)}", file=sys.stderr)
         return 2
 
 

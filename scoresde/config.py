@@ -93,6 +93,9 @@ LOSS_NAMES = ("dsm", "ddpm", "smld")
 SAMPLERS = ("euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim",
             "dpm_solver", "heun", "adaptive_sde")
 DEVICES = ("auto", "cpu", "cuda")
+HUGE = 10 ** 9
+#: network keys that are sizes or counts (at least 1, at most MAX_WIDTH), and the other numeric ones
+MAX_WIDTH = 2 ** 16
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -194,6 +197,8 @@ def _coerce(value: Any, annotation: Any, default: Any, where: str):
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if abs(value) > HUGE:  # beyond any sensible setting: a typo, and some would exhaust memory
+            raise ConfigError(f"{where}: expected an integer of magnitude at most 1e9, got {value!r}")
         return value
     if kind == "float":
         if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
@@ -203,8 +208,8 @@ def _coerce(value: Any, annotation: Any, default: Any, where: str):
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        if not math.isfinite(value) or abs(value) > HUGE:
+            raise ConfigError(f"{where}: expected a finite number of magnitude at most 1e9, got {value!r}")
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -234,7 +239,25 @@ def _model_section(raw: Any, where: str) -> Dict[str, Any]:
             raise ConfigError(f"{where}.{key}: unknown key for model {name!r} "
                               f"(accepted: name, parameterization, conditioning, {', '.join(params)})")
         model[key] = _coerce_like(value, params[key], f"{where}.{key}")
+        _check_model_value(key, model[key], f"{where}.{key}")
     return model
+
+
+def _check_model_value(key: str, value: Any, where: str) -> None:
+    """Network settings: sizes and counts in [1, 2^16], dropout in [0, 1), Fourier scale in (0, 1e6]."""
+    if key == "dropout":
+        ok, what = 0 <= value < 1, "a number in [0, 1)"
+    elif key == "fourier_scale":
+        ok, what = 0 < value <= 1e6, "a number in (0, 1e6]"
+    elif isinstance(value, list):
+        ok = all(1 <= v <= MAX_WIDTH for v in value) and (bool(value) or key == "attn_resolutions")
+        what = f"a list of integers in [1, {MAX_WIDTH}]"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ok, what = 1 <= value <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
 
 
 def _coerce_like(value: Any, default: Any, where: str):
@@ -263,7 +286,9 @@ def _check_values(cfg: Config, source: str) -> None:
     need(s.type in SDE_TYPES, "sde.type", f"one of {SDE_TYPES}", s.type)
     need(0 < s.beta_min < s.beta_max, "sde.beta_min/beta_max", "0 < beta_min < beta_max", (s.beta_min, s.beta_max))
     need(0 < s.sigma_min < s.sigma_max, "sde.sigma_min/sigma_max", "0 < sigma_min < sigma_max", (s.sigma_min, s.sigma_max))
-    need(s.N >= 2, "sde.N", "an integer >= 2", s.N)
+    need(2 <= s.N <= 10 ** 6, "sde.N", "an integer in [2, 1e6]", s.N)
+    need(s.sigma_max <= 1e5 and s.beta_max <= 1e4, "sde.sigma_max/beta_max", "sigma_max <= 1e5 and beta_max <= 1e4",
+         (s.sigma_max, s.beta_max))
     if s.type in ("vp", "subvp"):
         need(s.beta_max / s.N < 1, "sde.N", f"N > beta_max = {s.beta_max}", s.N)
     for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -288,7 +313,7 @@ def _check_values(cfg: Config, source: str) -> None:
     need(d.image_size is None or 1 <= d.image_size <= 4096, "data.image_size", "a positive integer", d.image_size)
     for key in ("n_train", "n_test"):
         v = getattr(d, key)
-        need(v is None or v >= 1, f"data.{key}", "a positive integer or null", v)
+        need(v is None or 1 <= v <= 10 ** 8, f"data.{key}", "an integer in [1, 1e8] or null", v)
     need(smp.sampler in SAMPLERS, "sample.sampler", f"one of {SAMPLERS}", smp.sampler)
     need(smp.steps >= 1, "sample.steps", "a positive integer", smp.steps)
     need(0 < smp.eps < 1, "sample.eps", "a number in (0, 1)", smp.eps)

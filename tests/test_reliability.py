@@ -414,3 +414,76 @@ def test_a_dying_rank_without_torchrun_is_one_clear_error(tmp_path):
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[W")]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
     _assert_all_checkpoints_readable(tmp_path / "run")
+
+
+# ==== failing disks ===============================================================================
+
+import errno  # noqa: E402
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    PermissionError(errno.EROFS, "Read-only file system"),
+], ids=["disk-full", "read-only"])
+@pytest.mark.parametrize("where", ["tensor file", "meta.json", "temporary directory"])
+def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path, capsys, monkeypatch, failure, where):
+    """The disk fills up (or turns read-only) while checkpoint 20 is written: the CLI stops with one
+    line naming the problem, checkpoint 10 is intact and readable, no half-written checkpoint or
+    temporary file is left, and --resume later continues from step 10."""
+    import tempfile
+    import yaml
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(steps=30)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    state = {"saves": 0}
+    real_save, real_mkdtemp, real_open = io.save_file, tempfile.mkdtemp, open
+
+    def save_file(tensors, path):
+        if state["saves"] >= 1 and where == "tensor file" and path.endswith("ema.safetensors"):
+            raise failure
+        real_save(tensors, path)
+
+    def mkdtemp(*a, **k):
+        if state["saves"] >= 1 and where == "temporary directory":
+            raise failure
+        return real_mkdtemp(*a, **k)
+
+    def opener(path, *a, **k):
+        if state["saves"] >= 1 and where == "meta.json" and str(path).endswith("meta.json") and "w" in (a[0] if a else k.get("mode", "r")):
+            raise failure
+        return real_open(path, *a, **k)
+
+    real_save_checkpoint = io.save_checkpoint
+
+    def counting_save_checkpoint(*a, **k):
+        try:
+            return real_save_checkpoint(*a, **k)
+        finally:
+            state["saves"] += 1
+
+    monkeypatch.setattr(io, "save_file", save_file)
+    monkeypatch.setattr(io.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr("builtins.open", opener)
+    monkeypatch.setattr(io, "save_checkpoint", counting_save_checkpoint)
+    line = _one_line_error(capsys, ["train", str(config), "--workdir", str(run), "--quiet"])
+    assert failure.strerror in line, line
+    monkeypatch.undo()
+    assert sorted(os.listdir(run / "checkpoints")) == ["ckpt_00000010"]
+    io.load_checkpoint(str(run / "checkpoints" / "ckpt_00000010"))
+    assert main(["train", str(config), "--workdir", str(run), "--resume", "--quiet"]) == 0
+    assert [s for s, _ in io.list_checkpoints(str(run / "checkpoints"))][0] == 30
+
+
+def test_failing_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    io.atomic_write_text(str(target), "old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        io.atomic_write_text(str(target), "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
