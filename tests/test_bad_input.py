@@ -4,7 +4,6 @@ leaves a run directory behind."""
 import dataclasses
 import os
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
