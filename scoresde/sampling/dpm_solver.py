@@ -134,15 +134,14 @@ def singlestep_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, orde
     """DPM-Solver(++) singlestep of ``order`` on ``grid``: ``order`` score evaluations per step."""
     points = [_Point(a, s) for a, s in zip(grid.alpha.tolist(), grid.sigma.tolist())]
     n, r = grid.steps, STAGES[order]
-    stage_times = torch.empty(n, len(r), dtype=torch.float64)
+    lam = torch.tensor([[a.lam + ri * (b.lam - a.lam) for ri in r] for a, b in zip(points[:-1], points[1:])],
+                       dtype=torch.float64).reshape(n, len(r))
+    stage_times = t_from_logsnr(sde, lam.flatten(), float(grid.t[-1]), float(grid.t[0])).reshape(n, len(r))
+    stage_alpha, stage_sigma = (c.reshape(n, len(r)).tolist() for c in sde.marginal_coeffs(stage_times.flatten()))
     coefs = []
     for k in range(n):
         a, b = points[k], points[k + 1]
-        lam = torch.tensor([a.lam + ri * (b.lam - a.lam) for ri in r], dtype=torch.float64)
-        ts = t_from_logsnr(sde, lam, float(grid.t[k + 1]), float(grid.t[k]))
-        stage_times[k] = ts
-        alpha, sigma = sde.marginal_coeffs(ts)
-        stages = [_Point(float(al), float(si)) for al, si in zip(alpha, sigma)]
+        stages = [_Point(al, si) for al, si in zip(stage_alpha[k], stage_sigma[k])]
         route = [a] + stages + [b]
         # stage m (and the final update, m = len(route) - 1) from a, through the line of node 0 and stage m - 1
         coefs.append([(stage, _update(predict, a, route[m], [a] if m == 1 else [a, route[m - 1]]))
