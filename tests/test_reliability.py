@@ -487,3 +487,25 @@ def test_failing_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
         io.atomic_write_text(str(target), "new")
     monkeypatch.undo()
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_a_loss_turning_nan_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """Through the CLI: the loss turns NaN after step 25 (as an exploding run's would): status 2, one
+    line saying so, checkpoints 10 and 20 kept and readable, nothing written after."""
+    import yaml
+    from scoresde import train as T
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(steps=40)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    real, calls = T.LOSSES["dsm"], []
+
+    def exploding(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 25 else loss
+    monkeypatch.setitem(T.LOSSES, "dsm", exploding)
+    line = _one_line_error(capsys, ["train", str(config), "--workdir", str(tmp_path / "run"), "--quiet"])
+    assert "loss became nan" in line and "last good checkpoint" in line, line
+    assert [s for s, _ in io.list_checkpoints(str(tmp_path / "run" / "checkpoints"))] == [20, 10]
+    _assert_all_checkpoints_readable(tmp_path / "run")
