@@ -45,7 +45,9 @@ METHODS = (
     Method("pf_ode:heun", "probability_flow", {"method": "heun"}),
     Method("pf_ode:dopri5", "probability_flow", {"method": "dopri5"}, adaptive="ode"),
     Method("dpm_solver++:2M", "dpm_solver", {}),
-    Method("dpm_solver:2M+corrector", "dpm_solver", {"corrector": True, "predict": "eps", "schedule": "quadratic"}),
+    # data prediction: with the demo's trained network, noise prediction + corrector left one of
+    # 2,000 samples at |x| ~ 350 at 10 steps (and none at 20); data prediction none
+    Method("dpm_solver:2M+corrector", "dpm_solver", {"corrector": True, "schedule": "quadratic"}),
     Method("heun:edm", "heun", {}),
     Method("adaptive_sde", "adaptive_sde", {}, adaptive="sde"),
 )
