@@ -1,5 +1,11 @@
 """Shared fixtures: a 2-D Gaussian mixture with exact scores under each SDE, and the statistics the
 sampler tests use (energy distance with its same-distribution baseline, mode fractions)."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -8,6 +14,34 @@ import scoresde as sd
 # Tests run on tiny tensors, where a second intra-op thread only adds synchronisation; the suite
 # is parallelised across processes instead (pytest-xdist).
 torch.set_num_threads(1)
+
+
+#: the smallest training run that still learns something: a 2-layer MLP on the checkerboard
+TINY_RUN = {
+    "sde": {"type": "vp"},
+    "model": {"name": "mlp", "hidden": 32, "depth": 2, "embed_dim": 16},
+    "data": {"name": "checkerboard", "n_train": 2000},
+    "train": {"steps": 30, "batch_size": 64, "lr": 1e-3, "warmup": 5, "checkpoint_every": 10,
+              "log_every": 5, "keep_checkpoints": 10, "seed": 3},
+    "sample": {"num": 16, "steps": 5, "sampler": "ddim"},
+}
+
+
+def tiny_run(**train):
+    """A deep copy of TINY_RUN with ``train`` overrides."""
+    raw = copy.deepcopy(TINY_RUN)
+    raw["train"].update(train)
+    return raw
+
+
+def torchrun(tmp_path, worker_source: str, raw: dict, timeout: float, nproc: int = 2):
+    """Run ``worker_source`` (a script taking the config as JSON and a workdir) under torchrun on
+    the CPU; returns the CompletedProcess. The workdir is tmp_path / "run"."""
+    script = tmp_path / "worker.py"
+    script.write_text(worker_source)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(script), json.dumps(raw), str(tmp_path / "run")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def make_sdes():

@@ -81,14 +81,9 @@ from scoresde.cli import main  # noqa: E402
 from scoresde.config import from_dict  # noqa: E402
 from scoresde.train import train  # noqa: E402
 
-TINY = {
-    "sde": {"type": "vp"},
-    "model": {"name": "mlp", "hidden": 32, "depth": 2, "embed_dim": 16},
-    "data": {"name": "checkerboard", "n_train": 2000},
-    "train": {"steps": 10, "batch_size": 64, "lr": 1e-3, "warmup": 5, "checkpoint_every": 10,
-              "log_every": 5, "keep_checkpoints": 10, "seed": 3},
-    "sample": {"num": 16, "steps": 5, "sampler": "ddim"},
-}
+from conftest import tiny_run, torchrun  # noqa: E402
+
+TINY = tiny_run(steps=10)
 
 
 class Payload:
@@ -368,14 +363,8 @@ def test_a_dying_rank_stops_the_others_promptly(tmp_path):
     """In a 2-process CPU run under torchrun, rank 1 dies (SIGKILL) at step 5: the launcher ends the
     run with a non-zero exit and a message naming the failed rank within a bounded time, instead of
     rank 0 hanging in its next all-reduce; the checkpoint from before the death stays readable."""
-    script = tmp_path / "worker.py"
-    script.write_text(DYING_RANK_WORKER)
-    raw = json.loads(json.dumps(TINY))
-    raw["train"].update(steps=200, checkpoint_every=4, log_every=4)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), json.dumps(raw), str(tmp_path / "run")]
     start = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = torchrun(tmp_path, DYING_RANK_WORKER, tiny_run(steps=200, checkpoint_every=4, log_every=4), timeout=240)
     elapsed = time.time() - start
     assert out.returncode != 0
     assert elapsed < 120, f"took {elapsed:.0f} s to give up"

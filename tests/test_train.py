@@ -1,8 +1,6 @@
 """Training end to end on a tiny model: exact resume, checkpoints, loading, DDP under torchrun."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,20 +11,11 @@ from scoresde import io
 from scoresde.config import from_dict
 from scoresde.train import Trainer, TrainingError, train
 
-TINY = {
-    "sde": {"type": "vp"},
-    "model": {"name": "mlp", "hidden": 32, "depth": 2, "embed_dim": 16},
-    "data": {"name": "checkerboard", "n_train": 2000},
-    "train": {"steps": 30, "batch_size": 64, "lr": 1e-3, "warmup": 5, "checkpoint_every": 10,
-              "log_every": 5, "keep_checkpoints": 10, "seed": 3},
-    "sample": {"num": 16, "steps": 5, "sampler": "ddim"},
-}
+from conftest import TINY_RUN as TINY, tiny_run, torchrun
 
 
 def tiny(**train_overrides):
-    raw = json.loads(json.dumps(TINY))
-    raw["train"].update(train_overrides)
-    return from_dict(raw)
+    return from_dict(tiny_run(**train_overrides))
 
 
 def tensors_of(path):
@@ -152,14 +141,7 @@ dist.destroy_process_group()
 
 
 def test_torchrun_two_processes_keep_identical_weights(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
-    raw = json.loads(json.dumps(TINY))
-    raw["train"].update(steps=8, checkpoint_every=4, log_every=4)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), json.dumps(raw), str(tmp_path / "run")]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = torchrun(tmp_path, DDP_WORKER, tiny_run(steps=8, checkpoint_every=4, log_every=4), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.split("RESULT", 1)[1].strip().splitlines()[0])
     assert result == {"world": 2, "identical": True, "step": 8}
