@@ -52,7 +52,7 @@ METHODS = (
     Method("adaptive_sde", "adaptive_sde", {}, adaptive="sde"),
 )
 #: the deterministic methods (probability-flow ODE solvers) among METHODS
-ODE_METHODS = ("ddim", "pf_ode:heun", "pf_ode:dopri5", "dpm_solver++:2M", "dpm_solver:2M+corrector", "heun:edm")
+ODE_METHODS = tuple(m.label for m in METHODS if m.sampler in ("ddim", "probability_flow", "dpm_solver", "heun"))
 
 
 def run_method(method: Method, score_fn, sde, x_T: torch.Tensor, setting, eps: float = 1e-3, seed: int = 0):

@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .sampling import SAMPLERS as _SAMPLER_REGISTRY
+
 
 class ConfigError(ValueError):
     """A bad configuration: the message names the source and the key."""
@@ -90,8 +92,7 @@ MODEL_NAMES = ("mlp", "unet")
 PARAMETERIZATIONS = ("eps", "score", "x0")
 CONDITIONINGS = (None, "time", "log_sigma")
 LOSS_NAMES = ("dsm", "ddpm", "smld")
-SAMPLERS = ("euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim",
-            "dpm_solver", "heun", "adaptive_sde")
+SAMPLERS = tuple(_SAMPLER_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
 HUGE = 10 ** 9
 #: network keys that are sizes or counts (at least 1, at most MAX_WIDTH), and the other numeric ones

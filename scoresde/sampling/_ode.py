@@ -1,4 +1,4 @@
-"""The probability-flow ODE right-hand side shared by the ODE sampler and the likelihood."""
+"""The reverse-time drifts and the torchdiffeq call shared by the ODE/SDE samplers and the likelihood."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -11,11 +11,16 @@ from .._checks import NonFiniteError
 from ..sde import SDE, batch_broadcast
 
 
-def pf_drift(sde: SDE, score: Callable, x: Tensor, t: Tensor) -> Tensor:
-    """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2, t of shape (B,)."""
+def reverse_drift(sde: SDE, score: Callable, x: Tensor, t: Tensor, weight: float = 1.0) -> Tensor:
+    """f(x, t) - weight g(t)^2 score(x, t), t of shape (B,): the reverse SDE's drift (weight 1)."""
     coef = sde.drift_coeff(t)
     g2 = sde._diffusion(t) ** 2
-    return batch_broadcast(coef, x) * x - 0.5 * batch_broadcast(g2, x) * score(x, t)
+    return batch_broadcast(coef, x) * x - weight * batch_broadcast(g2, x) * score(x, t)
+
+
+def pf_drift(sde: SDE, score: Callable, x: Tensor, t: Tensor) -> Tensor:
+    """The probability-flow ODE dx/dt = f(x, t) - g(t)^2 score(x, t) / 2."""
+    return reverse_drift(sde, score, x, t, 0.5)
 
 
 class Counter:

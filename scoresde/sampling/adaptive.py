@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .. import _checks
 from ..sde import SDE, batch_broadcast
 from ._loop import randn_like, tweedie_at
+from ._ode import reverse_drift
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,6 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
     bar = tqdm(desc="adaptive_sde", unit="step", leave=False) if progress else None
     iters = 0
 
-    def reverse_drift(y: Tensor, t: Tensor) -> Tensor:
-        return batch_broadcast(sde.drift_coeff(t), y) * y - batch_broadcast(sde._diffusion(t) ** 2, y) * score(y, t)
-
     while True:
         depth = stacks.depth.max() if memory else span.new_zeros((), dtype=torch.long)
         active, max_depth, bad = torch.stack([(span > 0).any().long(), depth, nonfinite.long()]).tolist()
@@ -149,8 +147,8 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
         t_now = (eps + span).to(x.dtype)
         t_next = (eps + (span - h)).to(x.dtype)
         hx = batch_broadcast(h.to(x.dtype), x)
-        x_em = x - hx * reverse_drift(x, t_now) + batch_broadcast(sde._diffusion(t_now), x) * dw
-        x_tilde = x - hx * reverse_drift(x_em, t_next) + batch_broadcast(sde._diffusion(t_next), x) * dw
+        x_em = x - hx * reverse_drift(sde, score, x, t_now) + batch_broadcast(sde._diffusion(t_now), x) * dw
+        x_tilde = x - hx * reverse_drift(sde, score, x_em, t_next) + batch_broadcast(sde._diffusion(t_next), x) * dw
         x_heun = 0.5 * (x_em + x_tilde)
         delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_em.abs(), x.abs()))
         err = ((x_em - x_heun) / delta).flatten(1).norm(dim=1).double() / math.sqrt(n)

@@ -109,21 +109,22 @@ def multistep_stepper(score: Callable, grid: Grid, order: int = 2, predict: str 
         q = min(order, k + 1, n - k) if (lower_order_final and n < 15) else min(order, k + 1)
         nodes = [points[k - j] for j in range(q)]
         coefs.append(_update(predict, points[k], points[k + 1], nodes))
-        corr.append(_update(predict, points[k], points[k + 1], [points[k + 1]] + nodes))
+        if corrector:
+            corr.append(_update(predict, points[k], points[k + 1], [points[k + 1]] + nodes))
     pred = _predictor(score, predict)
     history: List[Tensor] = []
-    previous: List[Tensor] = []
+    x_prev: Optional[Tensor] = None
 
     def step(k: int, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+        nonlocal x_prev
         p = pred(x, t, points[k])
-        if corrector and k > 0:
-            A, W = corr[k - 1]
-            x = _combine(previous[0], A, W, [p] + history)
-            previous[:] = [x]
+        if corrector:
+            if k > 0:  # redo the step that reached x_k, now with p as a node too
+                A, W = corr[k - 1]
+                x = _combine(x_prev, A, W, [p] + history)
+            x_prev = x
         history.insert(0, p)
         del history[order:]
-        if corrector:
-            previous[:] = [x]
         A, W = coefs[k]
         return _combine(x, A, W, history)
     return step

@@ -58,9 +58,10 @@ def heun_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, generator:
             x = lift[k] * x + noise[k] * _loop.randn_like(x, generator)
             t = t_hat_dev[k].expand(x.shape[0])
         d_a = score(x, t)
-        x_euler = torch.add(ratio[k] * x, d_a, alpha=-delta[k] * sig_a[k])
+        carried = ratio[k] * x
+        x_euler = torch.add(carried, d_a, alpha=-delta[k] * sig_a[k])
         d_b = score(x_euler, t_next)
-        return torch.add(torch.add(ratio[k] * x, d_a, alpha=-0.5 * delta[k] * sig_a[k]), d_b,
+        return torch.add(torch.add(carried, d_a, alpha=-0.5 * delta[k] * sig_a[k]), d_b,
                          alpha=-0.5 * delta[k] * sig_b[k])
     return step
 

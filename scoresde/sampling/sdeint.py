@@ -10,7 +10,7 @@ from torch import Tensor
 from ..sde import SDE
 from .. import _checks
 from ._loop import tweedie_at
-from ._ode import Counter, clamped_time
+from ._ode import Counter, clamped_time, reverse_drift
 
 METHODS = ("euler", "milstein", "srk", "reversible_heun")
 
@@ -31,11 +31,7 @@ class _ReverseTime(torch.nn.Module):
         return clamped_time(self.sde.T - tau, self.eps, self.sde.T, y.shape[0], y)
 
     def f(self, tau, y):
-        t = self._t(tau, y)
-        x = y.reshape(self.shape)
-        coef = self.sde.drift_coeff(t)[:, None]
-        g2 = self.sde._diffusion(t)[:, None] ** 2
-        return -(coef * y - g2 * self.score(x, t).reshape(y.shape))
+        return -reverse_drift(self.sde, self.score, y.reshape(self.shape), self._t(tau, y)).reshape(y.shape)
 
     def g(self, tau, y):
         return self.sde._diffusion(self._t(tau, y))[:, None].expand_as(y)
