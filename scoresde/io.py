@@ -109,31 +109,63 @@ def save_checkpoint(directory: str, step: int, tensors: Dict[str, Dict[str, torc
         os.chmod(tmp, _umask_mode(0o777))
         _fsync_dir(tmp)
         if os.path.exists(final):  # the same step written again (e.g. a final save): swap it out
-            stale = final + f".stale-{os.getpid()}"
+            stale = _stale_name(final)
             os.rename(final, stale)
             os.rename(tmp, final)
+            _fsync_dir(directory)
             shutil.rmtree(stale, ignore_errors=True)
         else:
             os.rename(tmp, final)
-        _fsync_dir(directory)
+            _fsync_dir(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep is not None:
         for _, old in list_checkpoints(directory)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+            _retire(old)
     return final
+
+
+def _stale_name(path: str, kind: str = "stale") -> str:
+    return path + f".{kind}-{os.getpid()}"
+
+
+def _retire(path: str) -> None:
+    """Delete a published checkpoint. ``rmtree`` removes files one by one, so a kill part-way would
+    leave a ``ckpt_*`` directory with files missing; renaming it out of the published namespace
+    first makes its disappearance one atomic step."""
+    doomed = _stale_name(path, "deleting")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:  # already gone: someone else removed it
+        return
+    _fsync_dir(os.path.dirname(path))
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_temporaries(directory: str) -> List[str]:
     """Delete what interrupted writes left in ``directory`` (``.ckpt_*.tmp`` assembly directories
-    and ``ckpt_*.stale-*`` swapped-out ones): never a published checkpoint. Returns their names."""
+    and ``ckpt_*.stale-*`` / ``ckpt_*.deleting-*`` retired ones): never a published checkpoint.
+    Returns their names.
+
+    One case is put back instead: a kill between the two renames that replace ``ckpt_<step>``
+    (written again at the same step) leaves only ``ckpt_<step>.stale-*``, which is complete (its
+    deletion starts only after the replacement is in place); it is renamed back so that the step
+    is not lost. ``.deleting-*`` directories may be half-deleted and are never put back."""
     if not os.path.isdir(directory):
         return []
-    leftovers = [n for n in os.listdir(directory)
-                 if (n.startswith(".ckpt_") and n.endswith(".tmp")) or (n.startswith("ckpt_") and ".stale-" in n)]
-    for name in leftovers:
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    names = sorted(os.listdir(directory))
+    leftovers = []
+    for name in names:
+        base, sep, _ = name.partition(".stale-")
+        if sep and CKPT_PATTERN.match(base) and not os.path.exists(os.path.join(directory, base)):
+            os.rename(os.path.join(directory, name), os.path.join(directory, base))
+            _fsync_dir(directory)
+            continue
+        retired = name.startswith("ckpt_") and (sep or ".deleting-" in name)
+        if (name.startswith(".ckpt_") and name.endswith(".tmp")) or retired:
+            leftovers.append(name)
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     return leftovers
 
 

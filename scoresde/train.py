@@ -232,6 +232,10 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
+        if self.dist.main:
+            # before choosing where to resume: this also puts back a checkpoint a kill left swapped out
+            io.remove_temporaries(self.ckpt_dir)
+        self.dist.barrier()
         if resume:
             skipped: list = []
             found = io.newest_checkpoint(self.ckpt_dir, skipped)
@@ -246,7 +250,6 @@ class Trainer:
                 self.restore(*found)
         if self.dist.main:
             os.makedirs(self.workdir, exist_ok=True)
-            io.remove_temporaries(self.ckpt_dir)  # halves of checkpoints a killed run was writing
             save_config(self.cfg, os.path.join(self.workdir, "config.yaml"))
             self._trim_metrics()
         if self.step >= t.steps:

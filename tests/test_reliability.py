@@ -498,3 +498,57 @@ def test_a_loss_turning_nan_is_one_line_and_keeps_the_last_checkpoint(tmp_path, 
     assert "loss became nan" in line and "last good checkpoint" in line, line
     assert [s for s, _ in io.list_checkpoints(str(tmp_path / "run" / "checkpoints"))] == [20, 10]
     _assert_all_checkpoints_readable(tmp_path / "run")
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: once raised, every later filesystem call raises it too."""
+
+
+def _kill_at_operation(monkeypatch, k):
+    """Make the k-th rename/unlink/rmdir (counting from 0) and everything after it die."""
+    state = {"n": 0, "dead": False}
+    for name in ("rename", "replace", "unlink", "rmdir"):
+        real = getattr(os, name)
+
+        def dying(*a, _real=real, **kw):
+            if state["dead"] or state["n"] == k:
+                state["dead"] = True
+                raise _Killed
+            state["n"] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(os, name, dying)
+    return state
+
+
+@pytest.mark.parametrize("case", ["new step, pruning", "same step again"])
+def test_a_kill_at_any_filesystem_operation_of_a_save_tears_no_checkpoint(tmp_path, monkeypatch, case):
+    """Every rename/unlink/rmdir of a checkpoint save (publishing, replacing a same-step checkpoint,
+    pruning old ones) is made the moment of death in turn. After each: every checkpoint listed reads
+    cleanly; remove_temporaries then leaves only published checkpoints, and a step that existed
+    before a same-step save is never lost."""
+    group = {"model": {"w": torch.arange(6.0)}, "state": {"s": torch.zeros(1)}}
+    deaths = 0
+    for k in range(100):
+        ckpts = tmp_path / f"k{k}"
+        for step in (10, 20):
+            io.save_checkpoint(str(ckpts), step, group, {}, keep=2)
+        new_step = 30 if case == "new step, pruning" else 20
+        state = _kill_at_operation(monkeypatch, k)
+        try:
+            io.save_checkpoint(str(ckpts), new_step, group, {}, keep=2)
+        except _Killed:
+            pass
+        monkeypatch.undo()
+        if not state["dead"]:
+            break
+        deaths += 1
+        for _, path in io.list_checkpoints(str(ckpts)):
+            io.load_checkpoint(path)
+        io.remove_temporaries(str(ckpts))
+        names = sorted(os.listdir(ckpts))
+        assert all(io.CKPT_PATTERN.match(n) for n in names), (k, names)
+        steps = [s for s, _ in io.list_checkpoints(str(ckpts))]
+        assert 20 in steps, (k, steps)
+        for _, path in io.list_checkpoints(str(ckpts)):
+            io.load_checkpoint(path)
+    assert 3 <= deaths < 100, deaths
