@@ -31,7 +31,8 @@ from scoresde.config import load_config  # noqa: E402
 from scoresde.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from scoresde.train import build_score_model, build_sde  # noqa: E402
 
-DEFAULT_OUT = os.path.join("benchmarks", "results")
+# next to the scripts, wherever they are run from
+DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 #: the two reference networks of the benchmarks: config name and the shape of one sample
 NETS = {"mlp": ("toy_vp", (2,)), "unet": ("digits_vp", (1, 8, 8))}
 
@@ -41,7 +42,7 @@ NETS = {"mlp": ("toy_vp", (2,)), "unet": ("digits_vp", (1, 8, 8))}
 def add_common_args(parser: argparse.ArgumentParser, quick: bool = True) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU (default: torch's choice)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="results folder (default benchmarks/results)")
     if quick:
         parser.add_argument("--quick", action="store_true",
                             help="tiny sizes for a smoke run (seconds); results get a _quick suffix")
