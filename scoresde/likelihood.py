@@ -89,8 +89,10 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
         noise, probes: the Hutchinson probe distribution and how many probes to average.
         eps: start time of the ODE (the score is never evaluated outside [eps, T]).
         method, rtol, atol, steps: torchdiffeq solver; fixed-step methods use ``steps`` uniform steps.
-            rtol/atol bound the RMS norm of the local error over the whole state [x, ∫div f̃] per
-            step, as scipy's solvers do in the reference implementation.
+            rtol/atol bound the RMS norm of the local error estimate over the whole state
+            [x, ∫div f̃] per step, as scipy's RK45 does in the reference implementation (the
+            estimate is torchdiffeq's: for dopri5 its error weights are -2/3 of RK45's, so equal
+            tolerances give similar, not identical, steps).
         prior_logp: log p_T to use instead of ``sde.prior_logp`` (e.g. an exact p_T for tests).
     """
     _checks.choice(estimator, "estimator", ESTIMATORS)
