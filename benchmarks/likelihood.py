@@ -144,9 +144,11 @@ def load_points(case: str, source, sde, n: int, seed: int, device):
     return x, None, None
 
 
-def run_seed(case, score, sde, source, n, seed, estimators, args, device) -> dict:
+def run_seed(case, score, sde, source, n, seed, args, device) -> dict:
     """Every path on one seed's points and probe: values, NFE and interleaved timings."""
     x, exact, prior = load_points(case, source, sde, n, seed, device)
+    D = x[0].numel()
+    estimators = ["exact", "hutchinson"] if D <= args.exact_max_dim else ["hutchinson"]
     probe = rademacher(x.shape, seed, x.dtype)
     tol = dict(rtol=args.tol, atol=args.tol)
     runs: Dict[str, Callable[[], dict]] = {}
@@ -170,16 +172,16 @@ def run_seed(case, score, sde, source, n, seed, estimators, args, device) -> dic
         out[name] = {"nfe": res["nfe"], "seconds": times[name], "median_s": _common.median(times[name]),
                      "logp": logp,
                      "abs_error_vs_exact": None if exact is None else (logp - exact.double()).abs().mean().item()}
-    return {"paths": out, "exact_mean_logp": None if exact is None else exact.double().mean().item()}
+    return {"paths": out, "dim": D, "estimators": estimators,
+            "exact_mean_logp": None if exact is None else exact.double().mean().item()}
 
 
 def run_case(case: str, n: int, args, device) -> dict:
     score, sde, what, source = load_model(case, device, args)
-    D = math.prod(load_points(case, source, sde, 1, args.seed, device)[0].shape[1:])
-    estimators = ["exact", "hutchinson"] if D <= args.exact_max_dim else ["hutchinson"]
     seeds = [args.seed + i for i in range(args.seeds)]
-    print(f"\n{case}: {what}; {n} points of dimension {D}, seeds {seeds}", flush=True)
-    per_seed = [run_seed(case, score, sde, source, n, seed, estimators, args, device) for seed in seeds]
+    print(f"\n{case}: {what}; {n} points, seeds {seeds}", flush=True)
+    per_seed = [run_seed(case, score, sde, source, n, seed, args, device) for seed in seeds]
+    D, estimators = per_seed[0]["dim"], per_seed[0]["estimators"]
 
     rows = []
     for name in per_seed[0]["paths"]:

@@ -19,6 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8,})$")
+# what interrupted writes leave: assembly directories, and checkpoints retired from their names
+SWAPPED_PATTERN = re.compile(r"^(ckpt_\d{8,})\.stale-\d+$")
+LEFTOVER_PATTERN = re.compile(r"^(\.ckpt_.*\.tmp|ckpt_\d{8,}\.(stale|deleting)-\d+)$")
 FORMAT_VERSION = 1
 TENSOR_FILES = ("model", "ema", "optimizer", "state")
 
@@ -154,16 +157,13 @@ def remove_temporaries(directory: str) -> List[str]:
     is not lost. ``.deleting-*`` directories may be half-deleted and are never put back."""
     if not os.path.isdir(directory):
         return []
-    names = sorted(os.listdir(directory))
     leftovers = []
-    for name in names:
-        base, sep, _ = name.partition(".stale-")
-        if sep and CKPT_PATTERN.match(base) and not os.path.exists(os.path.join(directory, base)):
-            os.rename(os.path.join(directory, name), os.path.join(directory, base))
+    for name in sorted(os.listdir(directory)):
+        swapped = SWAPPED_PATTERN.match(name)
+        if swapped and not os.path.exists(os.path.join(directory, swapped.group(1))):
+            os.rename(os.path.join(directory, name), os.path.join(directory, swapped.group(1)))
             _fsync_dir(directory)
-            continue
-        retired = name.startswith("ckpt_") and (sep or ".deleting-" in name)
-        if (name.startswith(".ckpt_") and name.endswith(".tmp")) or retired:
+        elif LEFTOVER_PATTERN.match(name):
             leftovers.append(name)
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     return leftovers
