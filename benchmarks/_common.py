@@ -29,7 +29,7 @@ if ROOT not in sys.path:  # run as `python benchmarks/x.py` from a checkout with
 
 from scoresde.config import load_config  # noqa: E402
 from scoresde.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from scoresde.train import build_score_model, build_sde  # noqa: E402
+from scoresde.run import build_score_model, build_sde  # noqa: E402
 
 # next to the scripts, wherever they are run from
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")

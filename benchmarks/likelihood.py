@@ -32,7 +32,7 @@ from scipy.integrate import solve_ivp
 
 import _common
 import scoresde
-from scoresde.train import load_data
+from scoresde.run import load_data
 
 CASES = ("gmm", "mlp", "unet")
 EPS = 1e-5  # log_likelihood's default start time

@@ -28,7 +28,8 @@ import _common
 from _common import NETS, ROOT, sync
 from scoresde import dsm_loss
 from scoresde.config import load_config
-from scoresde.train import Trainer, build_score_model, build_sde
+from scoresde.run import build_score_model, build_sde
+from scoresde.train import Trainer
 
 CONFIGS = {net: config for net, (config, _) in NETS.items()}
 QUICK = {"steps": 5, "warmup": 1, "repeats": 2, "batch_size": 32, "n_train": 2000}

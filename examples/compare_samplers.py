@@ -18,7 +18,7 @@ import os
 import scoresde as sd
 from scoresde.compare import ODE_METHODS, compare, markdown_table, write_outputs
 from scoresde.data import on_checkerboard
-from scoresde.train import load_data
+from scoresde.run import load_data
 
 from _common import default_workdir, markdown, train_or_reuse, write_text
 from train_toy import toy_config

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 from scoresde.data import toy_mixture  # noqa: E402
-from scoresde.train import load_data  # noqa: E402
+from scoresde.run import load_data  # noqa: E402
 from scoresde.io import atomic_write_bytes  # noqa: E402
 
 from _common import default_workdir, markdown, write_json, write_text  # noqa: E402

@@ -1,10 +1,10 @@
 """scoresde: continuous-time score-based generative models (Song et al., ICLR 2021)."""
-from . import analytic, data, losses, metrics, nets, sampling
+from . import analytic, data, losses, metrics, nets, run, sampling, train
 from ._checks import NonFiniteError
 from .analytic import GaussianMixture
 from .losses import ddpm_loss, dsm_loss, smld_loss
 from .score import ScoreModel
-from .train import load
+from .run import load
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, log_likelihood
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
@@ -13,5 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "GaussianMixture", "analytic", "sampling",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "ScoreModel",
-    "dsm_loss", "ddpm_loss", "smld_loss", "load", "data", "losses", "metrics", "nets", "NonFiniteError",
+    "dsm_loss", "ddpm_loss", "smld_loss", "load", "data", "losses", "metrics", "nets", "run", "train",
+    "NonFiniteError",
 ]

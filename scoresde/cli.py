@@ -16,21 +16,7 @@ from typing import List, Optional
 import torch
 
 from . import io
-from .config import ConfigError, load_config
-
-PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-
-
-def resolve_config(name: str) -> str:
-    """A path, or the name of a config shipped with scoresde (``toy_vp`` -> scoresde/configs/toy_vp.yaml)."""
-    if os.path.exists(name):
-        return name
-    bundled = os.path.join(PACKAGE_CONFIGS, name if name.endswith(".yaml") else name + ".yaml")
-    if os.path.exists(bundled):
-        return bundled
-    shipped = sorted(f[:-5] for f in os.listdir(PACKAGE_CONFIGS) if f.endswith(".yaml"))
-    raise ConfigError(f"{name}: no such config file (bundled configs: {', '.join(shipped)})")
-
+from .config import load_config, resolve_config
 
 # ---- commands ----------------------------------------------------------------------------------
 
@@ -51,7 +37,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .plot import save_samples
     from .sampling import sample
-    from .train import load
+    from .run import load
     out = args.out
     if not out.endswith((".png", ".npz")):
         raise ValueError(f"--out must end in .png or .npz, got {out!r}")
@@ -76,7 +62,7 @@ def cmd_sample(args) -> int:
 
 def cmd_likelihood(args) -> int:
     from .likelihood import bits_per_dim, log_likelihood
-    from .train import load, load_data
+    from .run import load, load_data
     run = load(args.run_dir, device=args.device)
     data = load_data(run.config, args.split, n=args.num, generator=torch.Generator().manual_seed(args.seed + 1))
     g = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -100,7 +86,7 @@ def cmd_likelihood(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare, markdown_table, write_outputs
     from .data import on_checkerboard
-    from .train import load, load_data
+    from .run import load, load_data
     run = load(args.run_dir, device=args.device)
     steps = _int_list(args.steps, "--steps")
     ref = load_data(run.config, "test", n=args.num, generator=torch.Generator().manual_seed(args.seed + 1)).data[: args.num]
@@ -178,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    device_help = "cpu or cuda (default cpu)"
+    device_help = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:K (default auto, as train.device)"
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run_dir")
     s.add_argument("--sampler", default="probability_flow", choices=tuple(SAMPLERS))
@@ -186,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=_positive, default=64)
     s.add_argument("--out", default="samples.png", help="output .png (plot) or .npz (array 'samples')")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", help=device_help)
+    s.add_argument("--device", default="auto", help=device_help)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
 
@@ -196,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--num", type=_positive, default=1000, help="number of data points")
     lk.add_argument("--estimator", choices=("exact", "hutchinson"), help="default: exact for dimension <= 16")
     lk.add_argument("--seed", type=int, default=0)
-    lk.add_argument("--device", default="cpu", help=device_help)
+    lk.add_argument("--device", default="auto", help=device_help)
     lk.set_defaults(func=cmd_likelihood)
 
     c = sub.add_parser("compare", help="every sampler at several step counts: NFE, time, quality")
@@ -205,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num", type=_positive, default=2000)
     c.add_argument("--out", help="output directory (default RUN_DIR/compare)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="cpu", help=device_help)
+    c.add_argument("--device", default="auto", help=device_help)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_compare)
 
@@ -221,10 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "device", None) == "cuda" and not torch.cuda.is_available():
-        print("scoresde: error: --device cuda: no CUDA device is available", file=sys.stderr)
-        return 2
     try:
+        if getattr(args, "device", None) is not None:
+            from .run import resolve_device
+            args.device = resolve_device(args.device, what="--device")
         return args.func(args)
     except KeyboardInterrupt:
         print("scoresde: interrupted", file=sys.stderr)

@@ -93,21 +93,35 @@ def compare(score_fn, sde, reference: torch.Tensor, *, num: int = 2000, steps: S
         settings = {"ode": tolerances, "sde": sde_tolerances}.get(m.adaptive, steps)
         for s in settings:
             x, nfe, seconds = run_method(m, score_fn, sde, x_T, s, eps=eps, seed=seed)
-            row = {"sampler": m.label, "setting": s, "nfe": nfe, "seconds": seconds}
+            row = {"sampler": m.label, "setting": s, "nfe": nfe, "seconds": seconds,
+                   "steps": None if m.adaptive else int(s), "tolerance": float(s) if m.adaptive else None}
             row.update(quality(x, reference, on_target, seed))
             rows.append(row)
             if progress:
-                print(f"  {m.label:20s} {s!s:>7} NFE {nfe:5d} {seconds:6.2f}s ED {row['energy_distance']:.4f}", flush=True)
+                print(f"  {m.label:24s} {_setting(row):>12}  NFE {nfe:5d}  {seconds:6.2f} s  "
+                      f"energy dist. {row['energy_distance']:.4f}", flush=True)
     return rows
 
 
+def _setting(row: Dict) -> str:
+    """'steps 20' for a fixed-step sampler, 'rtol=atol 1e-03' for an adaptive one."""
+    if row.get("tolerance") is not None:
+        return f"rtol=atol {row['tolerance']:.0e}"
+    return f"steps {row['steps']}"
+
+
 def markdown_table(rows: List[Dict]) -> str:
+    """One row per sampler setting: steps (fixed-step samplers) or rtol = atol (adaptive ones), then
+    the NFE actually counted, which differs from the steps (e.g. the final denoising step, two
+    evaluations per Heun step)."""
     has_target = any("on_target" in r for r in rows)
-    head = "| sampler | steps / tol | NFE | seconds | energy dist. | sliced W2 |" + (" on board |" if has_target else "")
-    sep = "|---|---:|---:|---:|---:|---:|" + ("---:|" if has_target else "")
+    head = "| sampler | steps | rtol = atol | NFE | seconds | energy dist. | sliced W2 |" + (" on board |" if has_target else "")
+    sep = "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_target else "")
     lines = [head, sep]
     for r in rows:
-        line = (f"| {r['sampler']} | {r['setting']} | {r['nfe']} | {r['seconds']:.2f} | "
+        steps = "–" if r.get("steps") is None else r["steps"]
+        tol = "–" if r.get("tolerance") is None else f"{r['tolerance']:.0e}"
+        line = (f"| {r['sampler']} | {steps} | {tol} | {r['nfe']} | {r['seconds']:.2f} | "
                 f"{r['energy_distance']:.4f} | {r['sliced_wasserstein']:.4f} |")
         if has_target:
             line += f" {100 * r['on_target']:.1f}% |"

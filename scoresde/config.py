@@ -120,6 +120,25 @@ class Config:
 
 # ---- loading -----------------------------------------------------------------------------------
 
+#: the configs shipped with scoresde, usable by name
+PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def bundled_configs() -> List[str]:
+    """Names of the configs shipped with scoresde (``toy_vp``, ``digits_vp``, ...)."""
+    return sorted(f[:-5] for f in os.listdir(PACKAGE_CONFIGS) if f.endswith(".yaml"))
+
+
+def resolve_config(name: str) -> str:
+    """A path, or the name of a config shipped with scoresde (``toy_vp`` -> scoresde/configs/toy_vp.yaml)."""
+    if os.path.exists(name):
+        return name
+    bundled = os.path.join(PACKAGE_CONFIGS, name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.exists(bundled):
+        return bundled
+    raise ConfigError(f"{name}: no such config file (bundled configs: {', '.join(bundled_configs())})")
+
+
 def load_config(path: str, overrides: Optional[List[str]] = None) -> Config:
     """Read a YAML config, apply ``key=value`` overrides, validate."""
     if not os.path.isfile(path):

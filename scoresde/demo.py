@@ -12,12 +12,13 @@ import torch
 
 from . import plot
 from .compare import METHODS, compare, markdown_table, run_method, write_outputs
-from .config import load_config
+from .config import load_config, resolve_config
 from .data import load_dataset, on_checkerboard
 from .io import atomic_write_text
 from .likelihood import log_likelihood
 from .sampling import ddim, predictor_corrector, probability_flow, time_grid
-from .train import load, train
+from .run import load
+from .train import train
 
 LOG8 = math.log(8.0)
 # A smoke run of every stage. Likelihood weighting barely trains small t in 200 steps, and the
@@ -39,7 +40,6 @@ def trajectory(score_fn, sde, x_T: torch.Tensor, steps: int = 50) -> torch.Tenso
 
 def run_demo(workdir: str = os.path.join("runs", "demo"), overrides: Optional[List[str]] = None,
              quick: bool = False, progress: bool = True) -> str:
-    from .cli import resolve_config
     say = print if progress else (lambda *a, **k: None)
     cfg = load_config(resolve_config("toy_vp"), (QUICK if quick else []) + list(overrides or []))
     t0 = time.time()

@@ -28,47 +28,15 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import io
-from .config import Config, from_dict, save_config
-from .data import BatchStream, load_dataset
+from .config import Config, save_config
+from .data import BatchStream
 from .losses import LOSSES
-from .nets import build_net
+from .run import build_score_model, build_sde, load_data, resolve_device
 from .score import ScoreModel
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); the last good checkpoint is kept."""
-
-
-def build_sde(cfg: Config) -> SDE:
-    s = cfg.sde
-    if s.type == "vp":
-        return VPSDE(s.beta_min, s.beta_max, s.N)
-    if s.type == "subvp":
-        return SubVPSDE(s.beta_min, s.beta_max, s.N)
-    return VESDE(s.sigma_min, s.sigma_max, s.N)
-
-
-def load_data(cfg: Config, split: str = "train", n: Optional[int] = None,
-              generator: Optional[torch.Generator] = None):
-    """The config's data set: images scaled to [-1, 1] (``data.centered``) or [0, 1]."""
-    d = cfg.data
-    return load_dataset(d.name, split, root=d.root, image_size=d.image_size, n=n, generator=generator,
-                        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0))
-
-
-def build_score_model(cfg: Config, sde: SDE, data_shape) -> ScoreModel:
-    net = build_net(cfg.model["name"], tuple(data_shape), **cfg.net_kwargs)
-    return ScoreModel(net, sde, parameterization=cfg.model["parameterization"],
-                      conditioning=cfg.model.get("conditioning"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def lr_factor(step: int, t) -> float:
@@ -146,7 +114,7 @@ class Trainer:
         self.cfg, self.workdir, self.progress = cfg, workdir, progress
         self.ckpt_dir = os.path.join(workdir, "checkpoints")
         self.dist = init_distributed(cfg.train.device)
-        self.device = resolve_device(cfg.train.device, self.dist.local_rank)
+        self.device = resolve_device(cfg.train.device, self.dist.local_rank, what="train.device")
         t = cfg.train
         if t.batch_size % self.dist.world:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes ({self.dist.world})")
@@ -375,56 +343,3 @@ class Trainer:
 def train(cfg: Config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg`` in ``workdir`` (see ``Trainer``); returns {'step', 'status'}."""
     return Trainer(cfg, workdir, progress=progress).fit(resume=resume)
-
-
-# ---- loading a trained model ---------------------------------------------------------------------
-
-@dataclass
-class LoadedRun:
-    """A trained model ready for sampling: ``net`` holds the EMA weights in eval mode."""
-
-    net: torch.nn.Module
-    sde: SDE
-    score_fn: ScoreModel
-    config: Config
-    step: int
-    data_shape: tuple
-    data_range: tuple
-    path: str
-
-
-def load(path: str, device: Optional[str] = None) -> LoadedRun:
-    """Load a run directory (its newest readable checkpoint) or one checkpoint directory."""
-    if not os.path.exists(path):
-        raise io.CheckpointError(f"{path}: no such run directory or checkpoint")
-    if os.path.isfile(os.path.join(path, "meta.json")):
-        meta, tensors = io.load_checkpoint(path)
-        ckpt = path
-    else:
-        ckpt_dir = os.path.join(path, "checkpoints")
-        if not io.list_checkpoints(ckpt_dir):
-            raise io.CheckpointError(f"{path}: no checkpoints found (expected {ckpt_dir}/ckpt_<step>/)")
-        skipped: list = []
-        found = io.newest_checkpoint(ckpt_dir, skipped)
-        if found is None:
-            raise io.CheckpointError(f"{ckpt_dir}: no readable checkpoint (newest: {skipped[0]})")
-        meta, tensors, ckpt = found
-    try:
-        cfg = from_dict(meta["config"], source=os.path.join(ckpt, "meta.json"))
-        data_shape = tuple(int(v) for v in meta["data_shape"])
-        data_range = tuple(float(v) for v in meta.get("data_range", (-1.0, 1.0)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise io.CheckpointError(f"{ckpt}/meta.json: invalid ({' '.join(str(e).split())[:200]})") from None
-    if "ema" not in tensors:
-        raise io.CheckpointError(f"{ckpt}: no ema.safetensors")
-    sde = build_sde(cfg)
-    model = build_score_model(cfg, sde, data_shape)
-    try:
-        model.net.load_state_dict(tensors["ema"])
-    except RuntimeError as e:
-        raise io.CheckpointError(f"{ckpt}/ema.safetensors: does not fit the configured network "
-                                 f"({' '.join(str(e).split())[:300]})") from None
-    dev = torch.device(device) if device else torch.device("cpu")
-    model = model.to(dev).eval()
-    return LoadedRun(net=model.net, sde=sde, score_fn=model, config=cfg, step=meta["step"],
-                     data_shape=data_shape, data_range=data_range, path=ckpt)

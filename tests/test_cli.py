@@ -111,6 +111,14 @@ def test_end_to_end_train_sample_likelihood_compare(capsys, tmp_path):
     assert code == 0, err
     rows = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text())
     assert {r["sampler"] for r in rows} >= {"euler_maruyama", "ddim", "pf_ode:dopri5"}
+    # steps and NFE in two labelled columns: DDIM at 4 steps is 4 evaluations plus the denoising one
+    header = out.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["sampler", "steps", "rtol = atol", "NFE"]
+    ddim4 = next(r for r in rows if r["sampler"] == "ddim" and r["steps"] == 4)
+    assert ddim4["nfe"] == 5 and ddim4["tolerance"] is None
+    assert f"| ddim | 4 | – | 5 |" in out
+    dopri = [r for r in rows if r["sampler"] == "pf_ode:dopri5"]
+    assert all(r["steps"] is None and r["tolerance"] > 0 for r in dopri)
     assert (tmp_path / "run" / "compare" / "compare.png").stat().st_size > 0
     code, _, err = run_cli(capsys, "compare", workdir, "--steps", "0,x")
     assert_one_line_error(code, err, "--steps")
@@ -144,3 +152,27 @@ def test_demo_quick_writes_a_report(capsys, tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["train_steps"] == 200 and 0 < summary["on_board"]["probability_flow"] <= 1
     assert "NLL" in report or "nats" in report
+
+
+def test_every_command_defaults_to_the_device_train_uses():
+    """sample, likelihood and compare default to --device auto, as train.device does: a model trained
+    on a GPU is sampled on the GPU."""
+    from scoresde.cli import build_parser
+    from scoresde.config import TrainConfig
+    parser = build_parser()
+    for cmd in ("sample", "likelihood", "compare"):
+        assert parser.parse_args([cmd, "somewhere"]).device == "auto" == TrainConfig().device, cmd
+
+
+def test_auto_device_resolves_and_cuda_without_cuda_is_one_line(capsys, tmp_path, monkeypatch):
+    import torch
+    from scoresde.run import resolve_device
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    for cmd in ("sample", "likelihood", "compare"):
+        code, _, err = run_cli(capsys, cmd, str(tmp_path), "--device", "cuda")
+        assert_one_line_error(code, err, "--device", "no CUDA device")
+        code, _, err = run_cli(capsys, cmd, str(tmp_path), "--device", "tpu")
+        assert_one_line_error(code, err, "--device", "'tpu'")

@@ -1,0 +1,116 @@
+"""A run: what a config builds (the SDE, the data, the network wrapped in its ``ScoreModel``) and
+``load``, which turns a run directory or one checkpoint back into those objects.
+
+The trainer, the command line, ``compare``, the demo and the importers of pretrained models all
+go through here, so a run directory means the same thing to each of them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import io
+from .config import Config, from_dict
+from .data import load_dataset
+from .nets import build_net
+from .score import ScoreModel
+from .sde import SDE, SubVPSDE, VESDE, VPSDE
+
+
+def build_sde(cfg: Config) -> SDE:
+    s = cfg.sde
+    if s.type == "vp":
+        return VPSDE(s.beta_min, s.beta_max, s.N)
+    if s.type == "subvp":
+        return SubVPSDE(s.beta_min, s.beta_max, s.N)
+    return VESDE(s.sigma_min, s.sigma_max, s.N)
+
+
+def load_data(cfg: Config, split: str = "train", n: Optional[int] = None,
+              generator: Optional[torch.Generator] = None):
+    """The config's data set: images scaled to [-1, 1] (``data.centered``) or [0, 1]."""
+    d = cfg.data
+    return load_dataset(d.name, split, root=d.root, image_size=d.image_size, n=n, generator=generator,
+                        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0))
+
+
+def build_score_model(cfg: Config, sde: SDE, data_shape) -> ScoreModel:
+    net = build_net(cfg.model["name"], tuple(data_shape), **cfg.net_kwargs)
+    return ScoreModel(net, sde, parameterization=cfg.model["parameterization"],
+                      conditioning=cfg.model.get("conditioning"))
+
+
+def resolve_device(name, local_rank: int = 0, what: str = "device") -> torch.device:
+    """"auto" (CUDA when present, else the CPU), "cpu", "cuda" (GPU ``local_rank``, the one torchrun
+    gives this process) or an explicit "cuda:K"; ``what`` names the argument in errors."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{what} is {name!r} but no CUDA device is available")
+    return torch.device("cuda", local_rank if dev.index is None else dev.index)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for sampling: ``net`` holds the EMA weights in eval mode."""
+
+    net: torch.nn.Module
+    sde: SDE
+    score_fn: ScoreModel
+    config: Config
+    step: int
+    data_shape: tuple
+    data_range: tuple
+    path: str
+
+
+def load(path: str, device="cpu") -> LoadedRun:
+    """Load a run directory (its newest readable checkpoint) or one checkpoint directory onto
+    ``device`` ("cpu" by default, "auto" for CUDA when present, "cuda", "cuda:K")."""
+    if not os.path.exists(path):
+        raise io.CheckpointError(f"{path}: no such run directory or checkpoint")
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        meta, tensors = io.load_checkpoint(path)
+        ckpt = path
+    else:
+        ckpt_dir = os.path.join(path, "checkpoints")
+        if not io.list_checkpoints(ckpt_dir):
+            raise io.CheckpointError(f"{path}: no checkpoints found (expected {ckpt_dir}/ckpt_<step>/)")
+        skipped: list = []
+        found = io.newest_checkpoint(ckpt_dir, skipped)
+        if found is None:
+            raise io.CheckpointError(f"{ckpt_dir}: no readable checkpoint (newest: {skipped[0]})")
+        meta, tensors, ckpt = found
+    try:
+        cfg = from_dict(meta["config"], source=os.path.join(ckpt, "meta.json"))
+        data_shape = tuple(int(v) for v in meta["data_shape"])
+        data_range = tuple(float(v) for v in meta.get("data_range", (-1.0, 1.0)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise io.CheckpointError(f"{ckpt}/meta.json: invalid ({' '.join(str(e).split())[:200]})") from None
+    if "ema" not in tensors:
+        raise io.CheckpointError(f"{ckpt}: no ema.safetensors")
+    sde = build_sde(cfg)
+    model = build_score_model(cfg, sde, data_shape)
+    try:
+        model.net.load_state_dict(tensors["ema"])
+    except RuntimeError as e:
+        raise io.CheckpointError(f"{ckpt}/ema.safetensors: does not fit the configured network "
+                                 f"({' '.join(str(e).split())[:300]})") from None
+    model = model.to(resolve_device(device or "cpu")).eval()
+    return LoadedRun(net=model.net, sde=sde, score_fn=model, config=cfg, step=meta["step"],
+                     data_shape=data_shape, data_range=data_range, path=ckpt)
