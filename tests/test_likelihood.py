@@ -98,7 +98,10 @@ def test_nfe_counts_score_evaluations(mixture):
 
 
 def test_image_shaped_data(sde):
-    """(B, C, H, W) data: Hutchinson (many probes) agrees with the exact trace within its noise."""
+    """(B, C, H, W) data: Hutchinson (64 probes) agrees with the exact trace within its noise: the
+    per-point errors average to zero within 4.5 standard errors of their mean (a 16-point t-test,
+    false alarm ~4e-4). Measured: per-point error sd 0.10–0.22 nats, so the bound is ~0.1–0.25 nats,
+    while a 15% error in the divergence would move the mean by 0.5 (VP) to 2.9 (VE) nats."""
     gm = sd.GaussianMixture([0.5, 0.5], torch.tensor([[-1.0] * 4, [1.0] * 4]), [0.1, 0.2])
     x = gm.sample(16, torch.Generator().manual_seed(9), dtype=torch.float64).view(16, 1, 2, 2)
     score = gm.score_fn(sde)
@@ -106,7 +109,9 @@ def test_image_shaped_data(sde):
     assert exact.z.shape == x.shape
     assert (exact.logp - gm.log_prob_t(x, EPS, sde)).abs().mean() < 1e-3
     hutch = sd.log_likelihood(score, sde, x, probes=64, eps=EPS, generator=torch.Generator().manual_seed(1))
-    assert (hutch.delta_logp - exact.delta_logp).abs().mean() < 0.5
+    err = hutch.delta_logp - exact.delta_logp
+    se = err.std() / math.sqrt(len(err))
+    assert 0 < se < 0.1 and err.mean().abs() < 4.5 * se, (err.mean(), se)
 
 
 def _pixel_mixture_and_data(n, D=3, seed=0):
