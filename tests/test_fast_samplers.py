@@ -78,14 +78,17 @@ def test_order_one_on_chain_timesteps_is_ddim():
 
 def test_point_mass_is_exact_for_every_variant():
     """For data that is a point mass at m, x0_hat = m at every time, a constant that every variant
-    integrates exactly: in three steps each lands on the ODE solution
+    (either solver_type: the midpoint form freezes the interpolant at a constant too) integrates
+    exactly: in three steps each lands on the ODE solution
     x_eps = alpha_eps m + (sigma_eps / sigma_T) (x_T - alpha_T m)."""
     for sde in make_sdes().values():
         score, x_T, exact, _ = point_mass(sde)
         for order in (1, 2, 3):
             for multistep in (True, False):
-                out = S.dpm_solver(score, sde, x_T, steps=3, order=order, multistep=multistep, eps=EPS, denoise=False)
-                torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10)
+                for solver_type in ("midpoint", "heun"):
+                    out = S.dpm_solver(score, sde, x_T, steps=3, order=order, multistep=multistep, eps=EPS,
+                                       denoise=False, solver_type=solver_type, lower_order_final=False)
+                    torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10)
 
 
 # ---- Heun -----------------------------------------------------------------------------------------

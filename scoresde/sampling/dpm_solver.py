@@ -14,15 +14,34 @@ with x0_hat = (x + sigma^2 score) / alpha. DPM-Solver's name is only used for VP
 derivation needs nothing but these marginals, so VE (alpha = 1) and sub-VP work unchanged.
 
 Both solvers here replace the prediction in the integral by the polynomial that interpolates it at
-a few nodes and integrate that polynomial against the exponential *exactly* (the weights are
-computed once per grid by Gauss–Legendre quadrature in float64):
+a few nodes and integrate that polynomial against the exponential (the weights are computed once
+per grid in float64, before the loop; exact integrals by Gauss–Legendre quadrature):
 
 - multistep (order q, one NFE per step): the nodes are the last q grid points; the first steps use
-  lower orders while the history fills, and with fewer than 15 steps so do the last ones, which the
-  authors recommend for stability at very few steps;
+  lower orders while the history fills, and with ``lower_order_final`` and fewer than 15 steps so
+  do the last ones, which the authors recommend for stability at very few steps;
 - singlestep (order q, q NFE per step): stages at lambda_s + r h, r = 1/2 (order 2) or 1/3, 2/3
-  (order 3), each stage and the final update integrating the line through node 0 and the previous
-  stage, which is DPM-Solver-2 / -3 (and DPM-Solver++(2S) for data prediction) in its exact-φ form.
+  (order 3), each stage and the final update using the line through node 0 and the previous
+  stage: DPM-Solver-2 / -3 (and DPM-Solver++(2S) for data prediction).
+
+A second-order update (two nodes: the line p(u) through them) comes in two forms, diffusers'
+``solver_type``, both second order and equally cheap:
+
+- ``"midpoint"`` (the papers' formulas): the line is frozen at the step's log-SNR midpoint, the
+  integral ∫_0^h K(u) p(u) du above becoming (∫_0^h K) p(h/2). Multistep with data prediction
+  this is DPM-Solver++(2M), Algorithm 2 of Lu et al. 2022: D = (1 + 1/(2r)) x0_k - 1/(2r) x0_(k-1),
+  r = h_(k-1) / h_k, x_(k+1) = (sigma_(k+1) / sigma_k) x_k + alpha_(k+1) (1 - e^-h) D
+  (k-diffusion's ``sample_dpmpp_2m``, diffusers' default); singlestep with r = 1/2 it is DPM-Solver-2 and
+  DPM-Solver++(2S) as the papers' Algorithm 1 writes them (only the midpoint stage's prediction).
+- ``"heun"``: the line integrated exactly against the kernel K, ∫_0^h K(u) p(u) du (the
+  phi-function form, diffusers' ``solver_type="heun"``).
+
+Third-order updates have one form, the exact integral of the quadratic interpolant (3S: the first
+paper's DPM-Solver-3); the corrector is always the exact integral. The 3M update of the authors'
+code and of diffusers is not this one: its second divided difference D2 = (D1_0 - D1_1) / (r0 + r1)
+approximates h^2 x0''/2 but is weighted by phi_3, the coefficient of h^2 x0'', so it carries half
+the quadratic term and is second order; ``order=3`` therefore differs from diffusers'
+``solver_order=3`` (by 1e-3 to 1e-2 relative at 5–20 steps, tests/test_dpm_references.py).
 
 Order 1 is DDIM in either prediction. Multistep runs can add a corrector (see ``dpm_solver``).
 """
@@ -40,6 +59,10 @@ from . import _loop
 from .grids import Grid, Schedule, make_grid, t_from_logsnr
 
 PREDICTIONS = ("x0", "eps")
+#: forms of the second-order update (diffusers' names), see the module docstring
+SOLVER_TYPES = ("midpoint", "heun")
+#: lower_order_final only acts on runs of fewer steps than this (the authors' and diffusers' threshold)
+LOWER_ORDER_FINAL_BELOW = 15
 #: stage positions r in (0, 1) of the singlestep solvers, by order
 STAGES = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
@@ -62,6 +85,21 @@ def exponential_weights(h: float, nodes: Sequence[float], predict: str) -> List[
     return out
 
 
+def midpoint_weights(h: float, nodes: Sequence[float], predict: str) -> List[float]:
+    """(∫_0^h K(u) du) L_j(h/2): the interpolant of ``nodes`` frozen at the step's midpoint u = h/2
+    instead of integrated. With the nodes 0 and -h_prev (multistep, r = h_prev / h) the weights are
+    (∫K) (1 + 1/(2r), -1/(2r)), DPM-Solver(++)'s "midpoint" second-order update."""
+    total = -np.expm1(-h) if predict == "x0" else np.expm1(h)
+    out = []
+    for j, nj in enumerate(nodes):
+        basis = 1.0
+        for m, nm in enumerate(nodes):
+            if m != j:
+                basis *= (0.5 * h - nm) / (nj - nm)
+        out.append(float(total * basis))
+    return out
+
+
 class _Point:
     """A time with its marginal coefficients and log-SNR, as Python floats."""
 
@@ -72,9 +110,12 @@ class _Point:
         self.lam = float(np.log(alpha) - np.log(sigma))
 
 
-def _update(predict: str, a: _Point, b: _Point, nodes: Sequence[_Point]) -> Tuple[float, List[float]]:
-    """(A, W) of x_b = A x_a + sum_j W_j pred_j, pred_j the prediction at ``nodes[j]``."""
-    w = exponential_weights(b.lam - a.lam, [n.lam - a.lam for n in nodes], predict)
+def _update(predict: str, a: _Point, b: _Point, nodes: Sequence[_Point],
+            solver_type: str = "heun") -> Tuple[float, List[float]]:
+    """(A, W) of x_b = A x_a + sum_j W_j pred_j, pred_j the prediction at ``nodes[j]``. Two nodes
+    with ``solver_type="midpoint"`` take the midpoint form, everything else the exact integral."""
+    weights = midpoint_weights if (solver_type == "midpoint" and len(nodes) == 2) else exponential_weights
+    w = weights(b.lam - a.lam, [n.lam - a.lam for n in nodes], predict)
     if predict == "x0":
         return b.sigma / a.sigma, [b.alpha * wj for wj in w]
     return b.alpha / a.alpha, [-b.sigma * wj for wj in w]
@@ -94,21 +135,34 @@ def _predictor(score: Callable, predict: str) -> Callable[[Tensor, Tensor, _Poin
 
 
 def multistep_stepper(score: Callable, grid: Grid, order: int = 2, predict: str = "x0",
-                      corrector: bool = False, lower_order_final: bool = True) -> _loop.Step:
+                      corrector: bool = False, lower_order_final: bool = True, solver_type: str = "midpoint",
+                      final_zero_step: bool = False) -> _loop.Step:
     """DPM-Solver(++) multistep of ``order`` on ``grid``: one score evaluation per step.
+
+    Second-order updates (every step after the first at order 2; the second step, and with
+    ``lower_order_final`` the last but one, at order 3) take the form ``solver_type``.
+    ``lower_order_final``: on runs of fewer than 15 steps the last step is first order and the one
+    before at most second order. ``final_zero_step``: the run goes on past the grid with a
+    first-order step to sigma = 0 (the caller's Tweedie step), which then counts as the run's last
+    step, as diffusers counts its final step to sigma = 0.
 
     With ``corrector``, each new point is corrected once the prediction there is known, by the
     same update with that prediction added as a node (an exponential Adams–Moulton step, one order
-    higher, as in UniPC's corrector). The prediction made before the correction is the one kept in
-    the history, so the corrector costs no evaluation; the last point is not corrected.
+    higher, as in UniPC's corrector; always the exact integral, whatever ``solver_type``). The
+    prediction made before the correction is the one kept in the history, so the corrector costs
+    no evaluation; the last point is not corrected.
     """
+    _checks.choice(solver_type, "solver_type", SOLVER_TYPES)
+    _checks.choice(lower_order_final, "lower_order_final", (True, False))
     points = [_Point(a, s) for a, s in zip(grid.alpha.tolist(), grid.sigma.tolist())]
     n = grid.steps
+    total = n + 1 if final_zero_step else n
+    lower_final = lower_order_final and total < LOWER_ORDER_FINAL_BELOW
     coefs, corr = [], []
     for k in range(n):
-        q = min(order, k + 1, n - k) if (lower_order_final and n < 15) else min(order, k + 1)
+        q = min(order, k + 1, total - k) if lower_final else min(order, k + 1)
         nodes = [points[k - j] for j in range(q)]
-        coefs.append(_update(predict, points[k], points[k + 1], nodes))
+        coefs.append(_update(predict, points[k], points[k + 1], nodes, solver_type))
         if corrector:
             corr.append(_update(predict, points[k], points[k + 1], [points[k + 1]] + nodes))
     pred = _predictor(score, predict)
@@ -131,8 +185,14 @@ def multistep_stepper(score: Callable, grid: Grid, order: int = 2, predict: str 
 
 
 def singlestep_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, order: int = 2,
-                       predict: str = "x0") -> _loop.Step:
-    """DPM-Solver(++) singlestep of ``order`` on ``grid``: ``order`` score evaluations per step."""
+                       predict: str = "x0", solver_type: str = "midpoint") -> _loop.Step:
+    """DPM-Solver(++) singlestep of ``order`` on ``grid``: ``order`` score evaluations per step.
+
+    ``solver_type`` sets the final update of order 2 (DPM-Solver-2 / DPM-Solver++(2S)); order 3
+    is DPM-Solver-3, whose stages and final update are exact integrals whatever its value (its
+    third order rests on them)."""
+    _checks.choice(solver_type, "solver_type", SOLVER_TYPES)
+    form = solver_type if order == 2 else "heun"
     points = [_Point(a, s) for a, s in zip(grid.alpha.tolist(), grid.sigma.tolist())]
     n, r = grid.steps, STAGES[order]
     lam = torch.tensor([[a.lam + ri * (b.lam - a.lam) for ri in r] for a, b in zip(points[:-1], points[1:])],
@@ -145,7 +205,7 @@ def singlestep_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, orde
         stages = [_Point(al, si) for al, si in zip(stage_alpha[k], stage_sigma[k])]
         route = [a] + stages + [b]
         # stage m (and the final update, m = len(route) - 1) from a, through the line of node 0 and stage m - 1
-        coefs.append([(stage, _update(predict, a, route[m], [a] if m == 1 else [a, route[m - 1]]))
+        coefs.append([(stage, _update(predict, a, route[m], [a] if m == 1 else [a, route[m - 1]], form))
                       for m, stage in enumerate(route[1:], start=1)])
     stage_t = stage_times.to(device=like.device, dtype=like.dtype)
     pred = _predictor(score, predict)
@@ -162,7 +222,8 @@ def singlestep_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, orde
 
 
 def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int = 2, multistep: bool = True,
-               predict: str = "x0", corrector: bool = False, eps: float = 1e-3, schedule: Schedule = "logsnr",
+               predict: str = "x0", solver_type: str = "midpoint", lower_order_final: bool = True,
+               corrector: bool = False, eps: float = 1e-3, schedule: Schedule = "logsnr",
                timesteps=None, denoise: bool = True, generator: Optional[torch.Generator] = None,
                progress: bool = False) -> Tensor:
     """DPM-Solver (``predict="eps"``) or DPM-Solver++ (``predict="x0"``, the default) of ``order``
@@ -172,12 +233,40 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
     grid is uniform in log-SNR, the authors' choice for few steps. ``timesteps`` (multistep only)
     runs on discrete chain indices as ``ddim`` does. Deterministic: ``generator`` is unused.
 
+    ``solver_type`` (diffusers' names) is the form of the second-order updates: every multistep
+    step after the first at ``order=2`` (and the second-order steps of an ``order=3`` run: its
+    second step, and with ``lower_order_final`` its last but one), and the final update of
+    singlestep ``order=2``. ``"midpoint"``, the default, is the papers' formula, so that
+    ``order=2, multistep=True, predict="x0"`` is DPM-Solver++(2M) as published and as k-diffusion's
+    ``sample_dpmpp_2m`` and diffusers' default DPMSolverMultistepScheduler compute it (the same
+    numbers across libraries); ``"heun"`` integrates the linear interpolant of the predictions
+    exactly against the exponential kernel, the form this function used before the option existed.
+    Both are second order at the same cost, and neither is more accurate in general (which has
+    the smaller error constant depends on the method and the data); "midpoint" is the default
+    because it is the published method that the name DPM-Solver++(2M) promises and that other
+    libraries' numbers come from. Order 3 updates and the corrector have one form (the exact
+    integral) and ignore it; see the module docstring for how order 3 relates to diffusers'.
+
+    ``lower_order_final`` (default True, the authors' and diffusers' default): on a run of fewer
+    than 15 steps, the last step is first order and the last but one at most second order, for
+    stability at very few steps; False keeps the full order to the end. On a continuous grid the
+    steps counted are the grid's (the ``denoise`` step comes on top, as in the authors' code). With
+    ``timesteps`` and ``denoise``, the Tweedie step, which is exactly the first-order step to
+    sigma = 0 (alpha-bar = 1), counts as the last step, as in diffusers (``final_sigmas_type=
+    "zero"``, whose step to sigma = 0 is always first order): the defaults then reproduce
+    DPMSolverMultistepScheduler's defaults on its timesteps at every step count. Without
+    ``denoise`` the run ends on the grid, which is diffusers' ``final_sigmas_type="sigma_min"``
+    with the index 0 appended to its timesteps.
+
     ``corrector`` (multistep only) adds UniPC's idea at no extra NFE: once the prediction at a new
     point is known, the point is recomputed by the same exponential update with that prediction as
-    an extra interpolation node (exponential Adams–Moulton), raising the order by one.
+    an extra interpolation node (exponential Adams–Moulton, the exact integral), raising the order
+    by one.
     """
     _checks.choice(_checks.positive_int(order, "order"), "order", (1, 2, 3))
     _checks.choice(predict, "predict", PREDICTIONS)
+    _checks.choice(solver_type, "solver_type", SOLVER_TYPES)
+    _checks.choice(lower_order_final, "lower_order_final", (True, False))
     if timesteps is not None and not multistep:
         raise ValueError("timesteps (discrete chain indices) needs multistep=True: singlestep stages fall between them")
     if corrector and not multistep:
@@ -186,7 +275,9 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
     x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule, timesteps)
     if multistep:
-        step = multistep_stepper(score, grid, order, predict, corrector=bool(corrector))
+        step = multistep_stepper(score, grid, order, predict, corrector=bool(corrector),
+                                 lower_order_final=bool(lower_order_final), solver_type=solver_type,
+                                 final_zero_step=bool(denoise) and timesteps is not None)
     else:
-        step = singlestep_stepper(score, sde, grid, x, order, predict)
+        step = singlestep_stepper(score, sde, grid, x, order, predict, solver_type)
     return _loop.run(score, grid, step, x, denoise=denoise, progress=progress, desc="dpm_solver")
