@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 import torch
@@ -34,14 +35,33 @@ def tiny_run(**train):
     return raw
 
 
-def torchrun(tmp_path, worker_source: str, raw: dict, timeout: float, nproc: int = 2):
+#: the limit on a test's subprocess: only there so that a hang fails instead of stalling the suite,
+#: never what a passing test relies on (tests wait on progress and events, not on the clock)
+HANG_TIMEOUT = 600
+
+
+def torchrun(tmp_path, worker_source: str, raw: dict, timeout: float = HANG_TIMEOUT, nproc: int = 2,
+             env: Optional[dict] = None):
     """Run ``worker_source`` (a script taking the config as JSON and a workdir) under torchrun on
-    the CPU; returns the CompletedProcess. The workdir is tmp_path / "run"."""
+    the CPU; returns the CompletedProcess. The workdir is tmp_path / "run". ``env`` adds to the
+    environment. After ``timeout`` (a hang) the launcher is stopped with its ranks, then it raises."""
     script = tmp_path / "worker.py"
     script.write_text(worker_source)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(script), json.dumps(raw), str(tmp_path / "run")]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the agent passes SIGTERM on to its ranks (each in a session of its own)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def make_sdes():

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import HANG_TIMEOUT
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ])
 def test_benchmark_quick_run_writes_its_results(tmp_path, script, stem):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--threads", "1",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=3 * HANG_TIMEOUT,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr[-3000:]
     payload = json.loads((tmp_path / f"{stem}.json").read_text())

@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from conftest import HANG_TIMEOUT
 from scoresde.cli import main
 
 TINY_SETS = ["train.steps=20", "train.checkpoint_every=10", "train.log_every=10", "train.batch_size=64",
@@ -38,7 +39,8 @@ def test_help(capsys, argv):
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "scoresde", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "scoresde", "--help"], capture_output=True, text=True,
+                         timeout=HANG_TIMEOUT)
     assert out.returncode == 0 and "train" in out.stdout
 
 

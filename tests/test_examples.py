@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
+from conftest import HANG_TIMEOUT
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-TIMEOUT = 180
+TIMEOUT = HANG_TIMEOUT  # only against a hang: a --quick run takes ~10-40 s, several times that on a busy machine
 
 
 def run_example(name, workdir, *args):

@@ -141,7 +141,7 @@ dist.destroy_process_group()
 
 
 def test_torchrun_two_processes_keep_identical_weights(tmp_path):
-    out = torchrun(tmp_path, DDP_WORKER, tiny_run(steps=8, checkpoint_every=4, log_every=4), timeout=300)
+    out = torchrun(tmp_path, DDP_WORKER, tiny_run(steps=8, checkpoint_every=4, log_every=4))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.split("RESULT", 1)[1].strip().splitlines()[0])
     assert result == {"world": 2, "identical": True, "step": 8}
