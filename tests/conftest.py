@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import scoresde as sd
+from kinds import kind
 
 # Tests run on tiny tensors, where a second intra-op thread only adds synchronisation; the suite
 # is parallelised across processes instead (pytest-xdist).
@@ -121,3 +122,12 @@ def assert_mode_weights(mixture, x, label="", z=4.5):
     w = mixture.weights
     se = (w * (1 - w) / counts.sum()).sqrt()
     assert ((frac - w).abs() <= z * se).all(), f"{label}: mode fractions {frac.tolist()} vs weights {w.tolist()} (se {se.tolist()})"
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test ``exact`` or ``interface`` (tests/kinds.py), so ``-m exact`` selects and
+    counts the tests that compare numbers with exact answers."""
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+        item.add_marker(getattr(pytest.mark, kind(name, getattr(item, "originalname", item.name))))

@@ -1,0 +1,87 @@
+"""What each test checks, for the README's count (``make test-kinds``): ``exact`` tests compare
+numbers with an exact answer (a closed form, the exact Gaussian mixture, an independent
+computation, a reference implementation's outputs, or a statistical test against exact draws);
+every other test is an ``interface`` test (shapes, dtypes, reproducibility, errors, files, faults,
+the command line). conftest.py marks each collected test with one of the two.
+
+EXACT maps a test module to the names of its exact tests, or to ALL when every test in it is one.
+A new module of numerical tests belongs here; a module not listed counts as interface.
+"""
+ALL = "*"
+
+EXACT = {
+    "test_analytic": {
+        "test_log_prob_matches_multivariate_normal", "test_log_prob_3d_full_and_diag",
+        "test_normalization_1d_quadrature", "test_normalization_2d_quadrature", "test_log_prob_t_and_marginal",
+        "test_log_prob_t_at_zero_is_log_prob_vp", "test_point_masses_at_positive_t",
+        "test_convolution_by_quadrature_1d", "test_score_is_gradient_of_log_prob_t", "test_score_image_shaped_data",
+        "test_score_float32", "test_sample_moments", "test_classify",
+    },
+    "test_api": {
+        "test_timesteps_use_exact_chain_times", "test_timesteps_full_small_chain",
+        "test_explicit_schedule_is_used_exactly", "test_builtin_grid_endpoints_and_order",
+        "test_logsnr_grid_has_equal_logsnr_steps", "test_karras_grid_has_equal_rho_steps",
+    },
+    "test_behaviour": ALL,
+    "test_convergence": ALL,
+    "test_data": {
+        "test_checkerboard_samples_lie_on_black_squares", "test_checkerboard_squares_get_equal_mass_and_are_uniform",
+        "test_checkerboard_log_prob_values", "test_checkerboard_density_integrates_to_one_and_nll_is_log_8",
+        "test_rings_lie_near_their_radii", "test_mixture_toys_match_their_mixture",
+        "test_scale_unscale_round_trip_is_exact", "test_dequantize_fills_each_bin_uniformly",
+        "test_mnist_reads_back_exactly", "test_cifar10_reads_back_exactly", "test_cifar10_record_layout",
+        "test_each_epoch_is_a_permutation",
+    },
+    "test_discrete": ALL,
+    "test_dpm_references": ALL,
+    "test_fast_samplers": {
+        "test_weights_integrate_polynomials_exactly", "test_order_one_is_ddim", "test_order_one_on_chain_timesteps_is_ddim",
+        "test_point_mass_is_exact_for_every_variant", "test_heun_steps_along_explicit_schedule",
+        "test_heun_point_mass_is_exact", "test_brownian_memory_keeps_the_path_unbiased",
+    },
+    "test_likelihood": ALL,
+    "test_losses": {
+        "test_dsm_exact_score_is_minimal_with_the_predicted_excess",
+        "test_dsm_sigma_weighted_value_is_the_conditional_noise_variance",
+        "test_ddpm_loss_exact_discrete_score_is_minimal", "test_ddpm_loss_uses_the_score_models_own_noise_prediction",
+        "test_smld_loss_exact_score_is_minimal", "test_importance_table_normaliser",
+        "test_importance_sampling_is_exact_for_ve", "test_importance_sampling_unbiased_and_lower_variance",
+        "test_importance_sampled_times_follow_the_weight", "test_sum_is_dimension_times_mean",
+    },
+    "test_metrics": {
+        "test_energy_distance_is_the_unbiased_formula", "test_mmd_is_the_unbiased_formula",
+        "test_median_bandwidth_is_the_pooled_median_distance", "test_blocked_sums_do_not_depend_on_the_block_size",
+        "test_sliced_wasserstein_1d_unequal_sizes_by_hand", "test_sliced_wasserstein_unequal_sizes_match_equal_size_copies",
+        "test_energy_distance_closed_form_1d_gaussians", "test_mmd_closed_form_2d_gaussians",
+        "test_sliced_wasserstein_of_a_shift", "test_sliced_wasserstein_closed_form_independent_gaussians",
+        "test_unbiased_near_zero_under_the_null", "test_the_null_check_detects_a_biased_estimator",
+        "test_shift_is_clearly_detected",
+    },
+    "test_mutants_analytic": ALL,
+    "test_mutants_losses": ALL,
+    "test_mutants_sde": ALL,
+    "test_nets": {
+        "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",
+        "test_score_model_reproduces_the_exact_score",
+    },
+    "test_sampler_distributions": ALL,
+    "test_samplers": {
+        "test_sampler_matches_exact_distribution", "test_reversible_heun_matches_exact_distribution",
+        "test_adaptive_sde_redraw_is_biased", "test_two_sample_check_has_power", "test_denoise_is_one_tweedie_step",
+        "test_denoised_samples_match_data_distribution",
+    },
+    "test_sde": {
+        "test_closed_forms_tensor_t", "test_closed_forms_float_t", "test_float32_accuracy_and_dtype",
+        "test_moment_odes_autograd", "test_moment_odes_finite_differences", "test_vp_default_ddpm_schedule",
+        "test_beta_tables_custom", "test_discretize_at_grid_points", "test_discretize_float32",
+        "test_ve_discrete_sigmas", "test_vp_chain_marginals", "test_ve_chain_marginals",
+        "test_subvp_discretize_is_euler_off_grid", "test_prior_sampling", "test_prior_logp", "test_reverse",
+        "test_vp_discretize_float32_has_no_cancellation",
+    },
+}
+
+
+def kind(module: str, function: str) -> str:
+    """'exact' or 'interface' for test ``function`` (without parameters) of test ``module``."""
+    names = EXACT.get(module, ())
+    return "exact" if names == ALL or function in names else "interface"
