@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean mutation test-kinds
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,20 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m scoresde demo
+
+# How many tests compare numbers with exact answers, and how many check the interface (tests/kinds.py)
+test-kinds: $(STAMP)
+	@for kind in exact interface; do printf '%-10s' $$kind; $(PY) -m pytest --collect-only -q -m $$kind | tail -n 1; done
+
+# Mutation testing of the numerical core with mutmut (slow, not in CI; see mutation/REPORT.md):
+#   make mutation                   every module in mutation/modules.toml with default = true
+#   make mutation MODULE=sde        one module (or several: MODULE="sde losses")
+$(VENV)/.mutation-installed: $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test,mutation]'
+	touch $@
+
+mutation: $(VENV)/.mutation-installed
+	$(PY) mutation/run.py $(if $(MODULE),--module "$(MODULE)")
 
 clean:
 	rm -rf $(VENV) build *.egg-info

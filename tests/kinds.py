@@ -60,6 +60,7 @@ EXACT = {
     "test_mutants_analytic": ALL,
     "test_mutants_losses": ALL,
     "test_mutants_sde": ALL,
+    "test_mutants_train": ALL,
     "test_nets": {
         "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",
         "test_score_model_reproduces_the_exact_score",
