@@ -117,13 +117,15 @@ def measure(config, sde_name, mixture, samples, chunk, seed):
     levels = [o for o, _ in ladder(config)]
     reports = [run_level(config, sde, mixture, target, o, samples, chunk, seed) for o in levels]
     return dict(sde=sde_name, label=config.label, order=config.order, samples=samples, levels=levels,
-                stats=[[dict(name=s.name, kind=s.kind, k=s.k, value=s.value, se=s.se) for s in r.stats] for r in reports],
+                names=[[s.name, s.kind, s.k] for s in reports[0].stats],
+                values=[[s.value for s in r.stats] for r in reports], ses=[[s.se for s in r.stats] for r in reports],
                 counts=[r.counts for r in reports], seconds=time.perf_counter() - t0)
 
 
 def reports_of(result):
-    return [MomentReport(stats=[Stat(d["kind"], d["k"], d["name"], d["value"], d["se"]) for d in level], counts=c)
-            for level, c in zip(result["stats"], result["counts"])]
+    return [MomentReport(stats=[Stat(kind, k, name, v, se) for (name, kind, k), v, se in zip(result["names"], vals, ses)],
+                         counts=c)
+            for vals, ses, c in zip(result["values"], result["ses"], result["counts"])]
 
 
 def header(sde_name, samples):
@@ -214,9 +216,15 @@ def main(argv=None):
     if not args.quick:
         os.makedirs(args.out, exist_ok=True)
         stem = os.path.join(args.out, args.name)
-        atomic_write_text(stem + ".md", "# Weak convergence of the stochastic samplers\n\nBy `python benchmarks/"
-                          "weak_convergence.py` (see its docstring).\n" + "\n".join(md + ["", "```python"] + lit[2:] + ["```"]) + "\n")
-        atomic_write_text(stem + ".json", json.dumps(dict(eps=T.EPS, results=results), indent=1))
+        how = ("By `python benchmarks/weak_convergence.py` (see its docstring)" +
+               (f", tabulated with --rebuild from {len(args.rebuild)} runs (later runs re-measured changed configs)"
+                if args.rebuild else "") + ".\n")
+        atomic_write_text(stem + ".md", "# Weak convergence of the stochastic samplers\n\n" + how +
+                          "\n".join(md + ["", "```python"] + lit[2:] + ["```"]) + "\n")
+        keep = ("sde", "label", "order", "samples", "levels", "names", "values", "ses", "counts", "seconds", "bounds", "dominant")
+        short = lambda k, v: [[round(x, 7) for x in lv] for lv in v] if k in ("values", "ses") else v  # noqa: E731
+        rows = ",\n".join(json.dumps({k: short(k, r[k]) for k in keep if k in r}) for r in results)
+        atomic_write_text(stem + ".json", f'{{"eps": {T.EPS}, "results": [\n{rows}\n]}}\n')
         print(f"wrote {stem}.md and .json")
 
 
