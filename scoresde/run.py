@@ -48,18 +48,19 @@ def resolve_device(name, local_rank: int = 0, what: str = "device") -> torch.dev
     gives this process) or an explicit "cuda:K"; ``what`` names the argument in errors."""
     if isinstance(name, torch.device):
         name = str(name)
+    bad = ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}")
     if not isinstance(name, str):
-        raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}")
+        raise bad
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}") from None
+        raise bad from None
     if dev.type == "cpu":
         return dev
     if dev.type != "cuda":
-        raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:K]', got {name!r}")
+        raise bad
     if not torch.cuda.is_available():
         raise ValueError(f"{what} is {name!r} but no CUDA device is available")
     return torch.device("cuda", local_rank if dev.index is None else dev.index)

@@ -118,7 +118,7 @@ def test_end_to_end_train_sample_likelihood_compare(capsys, tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")][:4] == ["sampler", "steps", "rtol = atol", "NFE"]
     ddim4 = next(r for r in rows if r["sampler"] == "ddim" and r["steps"] == 4)
     assert ddim4["nfe"] == 5 and ddim4["tolerance"] is None
-    assert f"| ddim | 4 | – | 5 |" in out
+    assert "| ddim | 4 | – | 5 |" in out
     dopri = [r for r in rows if r["sampler"] == "pf_ode:dopri5"]
     assert all(r["steps"] is None and r["tolerance"] > 0 for r in dopri)
     assert (tmp_path / "run" / "compare" / "compare.png").stat().st_size > 0
