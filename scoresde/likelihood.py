@@ -52,11 +52,12 @@ def _divergence_fn(estimator: str, probes: Optional[Tensor]):
         # one backward pass per dimension (vectorising them with is_grads_batched measured slower
         # on CPU for the package's networks and the analytic mixture); likewise per probe below
         def div(f: Tensor, x: Tensor) -> Tensor:
-            ff, D = f.flatten(1), f[0].numel()
-            total = 0
+            # reshape, not flatten(1): a (B,) batch of scalars is data too
+            ff = f.reshape(f.shape[0], -1)
+            total, D = 0, ff.shape[1]
             for d in range(D):
                 (grad,) = torch.autograd.grad(ff[:, d].sum(), x, retain_graph=d + 1 < D)
-                total = total + grad.flatten(1)[:, d]
+                total = total + grad.reshape(ff.shape)[:, d]
             return total
         return div
 
@@ -64,7 +65,7 @@ def _divergence_fn(estimator: str, probes: Optional[Tensor]):
         total, P = 0, probes.shape[0]
         for i, v in enumerate(probes):
             (vjp,) = torch.autograd.grad(f, x, grad_outputs=v, retain_graph=i + 1 < P)
-            total = total + (vjp * v).flatten(1).sum(1)
+            total = total + (vjp * v).reshape(x.shape[0], -1).sum(1)
         return total / P if P > 1 else total
     return div
 

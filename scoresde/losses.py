@@ -101,7 +101,7 @@ def _score(model, x: Tensor, t: Tensor) -> Tensor:
 
 def _reduce(sq: Tensor, reduce: str) -> Tensor:
     """Per-sample reduction over the data dimensions, then the mean over the batch."""
-    per_sample = sq.flatten(1).mean(1) if reduce == "mean" else sq.flatten(1).sum(1)
+    per_sample = sq.reshape(sq.shape[0], -1).mean(1) if reduce == "mean" else sq.reshape(sq.shape[0], -1).sum(1)
     return per_sample.mean()
 
 

@@ -124,7 +124,7 @@ class SDE(abc.ABC):
         """log N(z; 0, prior_std^2 I), summed over all but the batch dimension, shape (B,)."""
         D = z[0].numel()
         s2 = self.prior_std ** 2
-        return -0.5 * D * math.log(2 * math.pi * s2) - z.flatten(1).pow(2).sum(1) / (2 * s2)
+        return -0.5 * D * math.log(2 * math.pi * s2) - z.reshape(z.shape[0], -1).pow(2).sum(1) / (2 * s2)
 
     def index(self, t: Tensor) -> Tensor:
         """Nearest discrete index i = round(t (N - 1) / T) of the N-step chain."""

@@ -151,7 +151,7 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
         x_tilde = x - hx * reverse_drift(sde, score, x_em, t_next) + batch_broadcast(sde._diffusion(t_next), x) * dw
         x_heun = 0.5 * (x_em + x_tilde)
         delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_em.abs(), x.abs()))
-        err = ((x_em - x_heun) / delta).flatten(1).norm(dim=1).double() / math.sqrt(n)
+        err = ((x_em - x_heun) / delta).reshape(x.shape[0], -1).norm(dim=1).double() / math.sqrt(n)
         nonfinite = nonfinite | ~torch.isfinite(err).all()
         ok = (err <= 1) & (span > 0)
         refused = (err > 1) & (span > 0)

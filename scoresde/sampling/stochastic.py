@@ -143,7 +143,7 @@ def predictor_corrector(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, e
                 if corrector == "langevin":
                     # batch-averaged norms as in the reference: per-sample ratios explode in low
                     # dimension wherever the score nearly vanishes (mode centres)
-                    ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp(min=torch.finfo(x.dtype).tiny)
+                    ratio = z.reshape(z.shape[0], -1).norm(dim=1).mean() / s.reshape(s.shape[0], -1).norm(dim=1).mean().clamp(min=torch.finfo(x.dtype).tiny)
                     delta = 2 * chain_alpha[k] * (snr * ratio) ** 2
                     x = x + delta * s + (2 * delta).sqrt() * z
                 else:
