@@ -79,6 +79,7 @@ def _draw_probes(noise: str, n: int, x: Tensor, generator: Optional[torch.Genera
     return v.to(x.device)
 
 
+@torch.no_grad()
 def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinson", noise: str = "rademacher",
                    probes: int = 1, eps: float = 1e-5, method: str = "dopri5", rtol: float = 1e-5,
                    atol: float = 1e-5, steps: int = 100, prior_logp: Optional[Callable[[Tensor], Tensor]] = None,

@@ -94,6 +94,7 @@ class _BrownianStacks:
         self.depth = d + mask.long()
 
 
+@torch.no_grad()
 def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: float = 1e-2, eps: float = 1e-3,
                  h_init: float = 1e-2, safety: float = 0.9, exponent: float = 0.9, memory: bool = True,
                  max_iters: int = 100_000, denoise: bool = True, generator: Optional[torch.Generator] = None,

@@ -221,6 +221,7 @@ def singlestep_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, orde
     return step
 
 
+@torch.no_grad()
 def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int = 2, multistep: bool = True,
                predict: str = "x0", solver_type: str = "midpoint", lower_order_final: bool = True,
                corrector: bool = False, eps: float = 1e-3, schedule: Schedule = "logsnr",

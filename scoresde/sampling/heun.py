@@ -66,6 +66,7 @@ def heun_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, generator:
     return step
 
 
+@torch.no_grad()
 def heun(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 18, eps: float = 1e-3, schedule: Schedule = "karras",
          churn: float = 0.0, churn_min: float = 0.0, churn_max: float = math.inf, churn_noise: float = 1.0,
          denoise: bool = True, generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:

@@ -12,6 +12,7 @@ from .. import _checks
 from .grids import Schedule, make_grid
 
 
+@torch.no_grad()
 def ddim(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 50, eta: float = 0.0, timesteps=None,
          eps: float = 1e-3, schedule: Schedule = "uniform", denoise: bool = True,
          generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:

@@ -18,6 +18,7 @@ FIXED_METHODS = {"euler": "euler", "midpoint": "midpoint", "rk4": "rk4", "heun":
 STAGES = {"euler": 1, "midpoint": 2, "rk4": 4, "heun": 2, "heun3": 3}
 
 
+@torch.no_grad()
 def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5", rtol: float = 1e-5,
                      atol: float = 1e-5, steps: int = 100, eps: float = 1e-3, schedule: Schedule = "uniform",
                      denoise: bool = True, generator: Optional[torch.Generator] = None,

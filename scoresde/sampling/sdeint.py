@@ -37,6 +37,7 @@ class _ReverseTime(torch.nn.Module):
         return self.sde._diffusion(self._t(tau, y))[:, None].expand_as(y)
 
 
+@torch.no_grad()
 def reverse_sde(score_fn, sde: SDE, x_T: Tensor, *, method: str = "euler", steps: int = 1000,
                 eps: float = 1e-3, denoise: bool = True, generator: Optional[torch.Generator] = None,
                 progress: bool = False) -> Tensor:

@@ -25,6 +25,7 @@ CORRECTORS = ("langevin", "annealed_langevin", None)
 VARIANCES = ("beta", "posterior")
 
 
+@torch.no_grad()
 def euler_maruyama(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, eps: float = 1e-3,
                    schedule: Schedule = "uniform", denoise: bool = True,
                    generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
@@ -39,6 +40,7 @@ def euler_maruyama(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, eps: f
                             generator=generator, progress=progress, desc="euler_maruyama")
 
 
+@torch.no_grad()
 def ancestral(score_fn, sde: SDE, x_T: Tensor, *, steps: Optional[int] = None, eps: float = 1e-3,
               timesteps=None, variance: Optional[str] = None, schedule: Schedule = "uniform",
               denoise: bool = True, generator: Optional[torch.Generator] = None,
@@ -95,6 +97,7 @@ PREDICTORS = {
 }
 
 
+@torch.no_grad()
 def predictor_corrector(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, eps: float = 1e-3,
                         predictor: Optional[str] = "reverse_diffusion", corrector: Optional[str] = "langevin",
                         snr: float = 0.16, corrector_steps: int = 1, predictor_options: Optional[dict] = None,
