@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo install clean mutation test-kinds
+.PHONY: test demo install clean mutation planted test-kinds
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ $(VENV)/.mutation-installed: $(STAMP) pyproject.toml
 
 mutation: $(VENV)/.mutation-installed
 	$(PY) mutation/run.py $(if $(MODULE),--module "$(MODULE)")
+
+# The planted-bug audit of issue 10: each listed bug in a copy of the package, its tests run there
+planted: $(STAMP)
+	$(PY) mutation/planted.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
