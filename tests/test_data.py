@@ -541,3 +541,47 @@ def test_batch_stream_errors():
     with pytest.raises(ValueError, match="state must be"):
         D.BatchStream(toy, 4).load_state_dict({"epoch": 1})
     assert next(D.BatchStream(toy, 4)).shape == (4, 2)
+
+
+def _curve_moments(name):
+    """Mean and covariance of a curve toy written from its definition: the noiseless curve's moments
+    by the midpoint rule over its parameter (2e5 nodes, error ~1e-10), plus the noise variance."""
+    m = 200_000
+    u = (torch.arange(m, dtype=torch.float64) + 0.5) / m                    # U[0, 1) nodes
+    if name == "moons":
+        t = math.pi * u
+        upper = torch.stack([torch.cos(t), torch.sin(t)], 1)
+        lower = torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1)
+        pts = (torch.cat([upper, lower]) - torch.tensor([0.5, 0.25], dtype=torch.float64)) * (4 / 3)
+        noise = 0.08
+    elif name == "swissroll":
+        t = 1.5 * math.pi * (1 + 2 * u)
+        pts = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) * (2 / (4.5 * math.pi))
+        noise = 0.05
+    else:  # rings: ring k with probability r_k / sum r, uniform angle
+        radii = torch.tensor(D.RING_RADII, dtype=torch.float64)
+        angle = 2 * math.pi * u
+        circle = torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+        w = radii / radii.sum()
+        mean = torch.zeros(2, dtype=torch.float64)
+        cov = (w * radii ** 2).sum() * (circle.T @ circle / m) + 0.04 ** 2 * torch.eye(2, dtype=torch.float64)
+        return mean, cov
+    mean = pts.mean(0)
+    centred = pts - mean
+    return mean, centred.T @ centred / len(pts) + noise ** 2 * torch.eye(2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["moons", "swissroll", "rings"])
+def test_curve_toys_have_their_exact_mean_and_covariance(name):
+    """Sample mean and covariance within 4.5 standard errors (each estimated from the sample) of the
+    moments of the curve the toy is defined by, noise included. Caught (checked by planting): a
+    shifted or rescaled curve, a lopsided choice between the moons or rings, a noise scale 2x too
+    large for the moons and 3x for the swiss roll (the noise is small next to the curves' spread)."""
+    n = 40_000
+    x = D.sample_toy(name, n, gen(11)).double()
+    mean, cov = _curve_moments(name)
+    assert ((x.mean(0) - mean).abs() <= 4.5 * (cov.diagonal() / n).sqrt()).all(), (x.mean(0), mean)
+    c = x - mean
+    prods = c[:, :, None] * c[:, None, :]                                     # (n, 2, 2)
+    se = prods.std(0) / math.sqrt(n)
+    assert ((prods.mean(0) - cov).abs() <= 4.5 * se).all(), (prods.mean(0), cov, se)
