@@ -208,14 +208,17 @@ def diffs_for(ws: Path, names: list[str], spec: dict) -> dict[str, str]:
 
 
 def classify(name: str, not_killed: dict[str, tuple[str, str]], statuses: dict[str, str]):
-    """Split the mutants that were not killed into equivalent ones (equivalent.toml) and survivors."""
+    """Split the mutants that were not killed into equivalent ones (equivalent.toml), ones only an
+    accelerator can tell apart (entries with kind = "accelerator": a tensor made on or moved to the
+    wrong device, which the CPU cannot see), and survivors."""
     eq_entries = load_equivalents().get(name, {})
-    equivalent, survivors, stale = {}, {}, []
+    equivalent, accelerator, survivors, stale = {}, {}, {}, []
     for k, (status, diff) in sorted(not_killed.items()):
         e = eq_entries.get(k)
         line = changed_line(diff)
         if e is not None and e.get("line", "").strip() == line:
-            equivalent[k] = {"reason": e["reason"], "status": status, "diff": diff}
+            target = accelerator if e.get("kind") == "accelerator" else equivalent
+            target[k] = {"reason": e["reason"], "status": status, "diff": diff}
         else:
             if e is not None:
                 stale.append(f"{k}: listed as equivalent with line {e.get('line')!r} but now mutates {line!r}")
@@ -223,16 +226,17 @@ def classify(name: str, not_killed: dict[str, tuple[str, str]], statuses: dict[s
     for k in eq_entries:
         if k not in not_killed:
             stale.append(f"{k}: listed as equivalent but {statuses.get(k, 'no longer generated')}")
-    return equivalent, survivors, stale
+    return equivalent, accelerator, survivors, stale
 
 
 def reclassify(result: dict) -> dict:
     """Re-apply equivalent.toml to a stored result (after editing it), without running mutmut again."""
-    not_killed = {k: (v["status"], v["diff"]) for k, v in {**result["equivalents"], **result["survivors"]}.items()}
+    everything = {**result["equivalents"], **result.get("accelerators", {}), **result["survivors"]}
+    not_killed = {k: (v["status"], v["diff"]) for k, v in everything.items()}
     statuses = {k: v[0] for k, v in not_killed.items()}
-    equivalent, survivors, stale = classify(result["module"], not_killed, statuses)
-    return dict(result, equivalent=len(equivalent), survived=len(survivors), equivalents=equivalent,
-                survivors=survivors, stale_equivalents=stale)
+    equivalent, accelerator, survivors, stale = classify(result["module"], not_killed, statuses)
+    return dict(result, equivalent=len(equivalent), accelerator=len(accelerator), survived=len(survivors),
+                equivalents=equivalent, accelerators=accelerator, survivors=survivors, stale_equivalents=stale)
 
 
 def estimate_module(name: str, spec: dict, args) -> dict:
@@ -294,7 +298,8 @@ def run_module(name: str, spec: dict, args) -> dict:
         statuses = {k: v for k, v in statuses.items() if k in set(chosen)}
     not_killed = sorted(k for k, v in statuses.items() if v not in KILLED | TIMEOUT)
     diffs = diffs_for(ws, not_killed, spec)
-    equivalent, survivors, stale = classify(name, {k: (statuses[k], diffs[k]) for k in not_killed}, statuses)
+    equivalent, accelerator, survivors, stale = classify(name, {k: (statuses[k], diffs[k]) for k in not_killed},
+                                                         statuses)
     counts = {s: sum(v == s for v in statuses.values()) for s in sorted(set(statuses.values()))}
     result = {
         "module": name,
@@ -305,6 +310,7 @@ def run_module(name: str, spec: dict, args) -> dict:
         "killed": sum(v in KILLED for v in statuses.values()),
         "timeout": sum(v in TIMEOUT for v in statuses.values()),
         "equivalent": len(equivalent),
+        "accelerator": len(accelerator),
         "survived": len(survivors),
         "status_counts": counts,
         "wall_s": round(wall, 1),
@@ -312,13 +318,14 @@ def run_module(name: str, spec: dict, args) -> dict:
         "isolation": args.isolation or "pyproject.toml",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "equivalents": equivalent,
+        "accelerators": accelerator,
         "survivors": survivors,
         "stale_equivalents": stale,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"   {name}: {result['mutants']} mutants, killed {result['killed']}, timeout {result['timeout']}, "
-          f"equivalent {result['equivalent']}, survived {result['survived']} "
+          f"equivalent {result['equivalent']}, GPU-only {result['accelerator']}, survived {result['survived']} "
           f"(of which not covered {sum(s['status'] in NOT_COVERED for s in survivors.values())}), "
           f"{score(result)}, {wall:.0f} s")
     for s in stale:
@@ -329,7 +336,8 @@ def run_module(name: str, spec: dict, args) -> dict:
 
 
 def score(r: dict) -> str:
-    live = r["mutants"] - r["equivalent"]
+    """Killed / (mutants - equivalent - GPU-only): the share of the mutants a CPU test can observe."""
+    live = r["mutants"] - r["equivalent"] - r.get("accelerator", 0)
     return f"score {100 * (r['killed'] + r['timeout']) / live:.1f}%" if live else "score n/a"
 
 
@@ -341,16 +349,20 @@ def write_summary(modules: dict) -> Path:
             rows.append(json.loads(p.read_text()))
     out = ["# Mutation testing: latest results", "",
            "Generated by `mutation/run.py` from mutation/results/*.json; killed includes timeouts.", "",
-           "| module | mutants | killed | equivalent | survived | score | time | run |",
-           "|---|---:|---:|---:|---:|---:|---:|---|"]
+           "GPU-only: mutants that only change the device a tensor lives on (seen only with an accelerator);",
+           "the score is killed / (mutants - equivalent - GPU-only).", "",
+           "| module | mutants | killed | equivalent | GPU-only | survived | score | time | run |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         out.append(f"| {r['module']} | {r['mutants']} | {r['killed'] + r['timeout']} | {r['equivalent']} | "
-                   f"{r['survived']} | {score(r)[6:]} | {r['wall_s'] / 60:.1f} min | {r['finished']} |")
-    for r in rows:
-        if r["equivalents"]:
-            out += ["", f"## {r['module']}: equivalent mutants (mutation/equivalent.toml)", ""]
+                   f"{r.get('accelerator', 0)} | {r['survived']} | {score(r)[6:]} | {r['wall_s'] / 60:.1f} min | "
+                   f"{r['finished']} |")
+    for r, key, title in [(r, key, title) for r in rows for key, title in
+                          (("equivalents", "equivalent mutants"), ("accelerators", "GPU-only mutants"))]:
+        if r.get(key):
+            out += ["", f"## {r['module']}: {title} (mutation/equivalent.toml)", ""]
             by_reason: dict[str, list[str]] = {}
-            for k, e in r["equivalents"].items():
+            for k, e in r[key].items():
                 by_reason.setdefault(e["reason"] if isinstance(e, dict) else e, []).append(k.rpartition(".")[2])
             for reason, names in by_reason.items():
                 out.append(f"- {reason}: " + ", ".join(f"`{n}`" for n in names))
@@ -396,7 +408,7 @@ def main(argv=None):
                 r = reclassify(json.loads(p.read_text()))
                 p.write_text(json.dumps(r, indent=2, ensure_ascii=False) + "\n")
                 print(f"{name}: {r['mutants']} mutants, killed {r['killed'] + r['timeout']}, equivalent "
-                      f"{r['equivalent']}, survived {r['survived']}, {score(r)}")
+                      f"{r['equivalent']}, GPU-only {r['accelerator']}, survived {r['survived']}, {score(r)}")
                 for st in r["stale_equivalents"]:
                     print(f"   stale equivalent entry: {st}")
         print(write_summary(modules))
@@ -413,10 +425,10 @@ def main(argv=None):
         return 0
     t0 = time.time()
     results = [run_module(m, modules[m], args) for m in chosen]
-    print("\nmodule       mutants  killed  timeout  equivalent  survived   time")
+    print("\nmodule              mutants  killed  timeout  equivalent  GPU-only  survived   time")
     for r in results:
-        print(f"{r['module']:<12} {r['mutants']:>7} {r['killed']:>7} {r['timeout']:>8} {r['equivalent']:>11} "
-              f"{r['survived']:>9} {r['wall_s'] / 60:>5.1f} min   {score(r)}")
+        print(f"{r['module']:<19} {r['mutants']:>7} {r['killed']:>7} {r['timeout']:>8} {r['equivalent']:>11} "
+              f"{r['accelerator']:>9} {r['survived']:>9} {r['wall_s'] / 60:>5.1f} min   {score(r)}")
     print(f"total {(time.time() - t0) / 60:.1f} min; summary: {write_summary(modules).relative_to(ROOT)}")
     return 0
 
