@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,7 @@ from . import io
 from .config import Config, save_config
 from .data import BatchStream
 from .losses import LOSSES
+from .resume import FROZEN, frozen_part
 from .run import build_score_model, build_sde, load_data, resolve_device
 from .score import ScoreModel
 
@@ -110,8 +111,11 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor]
 class Trainer:
     """One training run in ``workdir``: ``Trainer(cfg, workdir).fit(resume=...)``."""
 
-    def __init__(self, cfg: Config, workdir: str, progress: bool = True):
+    def __init__(self, cfg: Config, workdir: str, progress: bool = True, log: Optional[Callable[[str], None]] = None):
         self.cfg, self.workdir, self.progress = cfg, workdir, progress
+        # where "resuming from ckpt_... (step N)" / "starting fresh" go: print unless quiet (the CLI
+        # passes print, so that --quiet hides the bar but not which checkpoint a run continues)
+        self.log = log if log is not None else (print if progress else (lambda line: None))
         self.ckpt_dir = os.path.join(workdir, "checkpoints")
         self.dist = init_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist.local_rank, what="train.device")
@@ -179,9 +183,11 @@ class Trainer:
 
     def restore(self, meta: dict, tensors: dict, path: str) -> None:
         saved, current = meta.get("config"), self.cfg.to_dict()
-        for section in ("sde", "model"):  # train.* may change between runs (e.g. more steps); these may not
-            if not isinstance(saved, dict) or saved.get(section) != current[section]:
-                got = saved.get(section) if isinstance(saved, dict) else None
+        # train.* may change between runs (e.g. more steps); what the weights and the saved data
+        # stream were made from may not (see FROZEN)
+        for section in FROZEN:
+            got = saved.get(section) if isinstance(saved, dict) else None
+            if frozen_part(section, got) != frozen_part(section, current[section]):
                 raise io.CheckpointError(f"{path}: its {section} config {got!r} differs from this run's "
                                          f"{current[section]!r}")
         try:
@@ -216,6 +222,10 @@ class Trainer:
                     print(f"warning: skipped a damaged checkpoint: {reason}", file=sys.stderr)
             if found is not None:
                 self.restore(*found)
+                if self.dist.main:
+                    self.log(f"resuming from {found[2]} (step {self.step})")
+            elif self.dist.main:
+                self.log(f"no checkpoint in {self.ckpt_dir}: starting fresh")
         if self.dist.main:
             os.makedirs(self.workdir, exist_ok=True)
             save_config(self.cfg, os.path.join(self.workdir, "config.yaml"))
@@ -340,6 +350,9 @@ class Trainer:
         return path
 
 
-def train(cfg: Config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg`` in ``workdir`` (see ``Trainer``); returns {'step', 'status'}."""
-    return Trainer(cfg, workdir, progress=progress).fit(resume=resume)
+def train(cfg: Config, workdir: str, resume: bool = False, progress: bool = True,
+          log: Optional[Callable[[str], None]] = None) -> dict:
+    """Train ``cfg`` in ``workdir`` (see ``Trainer``); returns {'step', 'status'}. ``log`` receives
+    the line saying which checkpoint a resumed run continues from (default: print unless not
+    ``progress``)."""
+    return Trainer(cfg, workdir, progress=progress, log=log).fit(resume=resume)
