@@ -77,6 +77,18 @@ def base_pyproject() -> tuple[str, dict]:
     return "\n".join(out) + "\n", base
 
 
+def strip_no_grad(package: Path) -> None:
+    """Drop the ``@torch.no_grad()`` lines of the workspace's copy of the package. mutmut 3 does not
+    mutate decorated functions at all (it cannot put its trampoline under a decorator), and every
+    sampler and the likelihood carry this one. It only switches autograd off, which the selected
+    tests, comparing values, do not observe (tests/test_no_grad.py checks it and is not selected)."""
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        stripped = re.sub(r"^@torch\.no_grad\(\)\n", "", text, flags=re.M)
+        if stripped != text:
+            path.write_text(stripped)
+
+
 def prepare_workspace(name: str, spec: dict, fresh: bool, isolation: str | None = None) -> tuple[Path, list[str]]:
     ws = WORK / name
     if fresh and ws.exists():
@@ -87,6 +99,7 @@ def prepare_workspace(name: str, spec: dict, fresh: bool, isolation: str | None 
         if (ws / sub).exists():
             shutil.rmtree(ws / sub)
         shutil.copytree(ROOT / sub, ws / sub, ignore=IGNORE)
+    strip_no_grad(ws / "scoresde")
     tests = []
     extra = f"tests/test_mutants_{name}.py"  # the tests written to kill this module's survivors
     for t in spec["tests"] + ([extra] if extra not in spec["tests"] and (ROOT / extra).exists() else []):
