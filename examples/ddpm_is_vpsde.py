@@ -22,7 +22,7 @@ import scoresde as sd
 from scoresde import metrics, plot, sampling
 from scoresde.data import load_dataset, toy_mixture
 
-from _common import default_workdir, markdown, write_json, write_text
+from _common import default_workdir, markdown, run_main, write_json, write_text
 
 SAMPLERS = {  # label -> (sampler, options); those with ``timesteps`` run on the discrete chain
     "DDPM ancestral, indices 999..0": (sampling.ancestral, dict(timesteps=range(999, -1, -1))),
@@ -141,4 +141,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,7 +28,7 @@ from scoresde.data import toy_mixture  # noqa: E402
 from scoresde.run import load_data  # noqa: E402
 from scoresde.io import atomic_write_bytes  # noqa: E402
 
-from _common import default_workdir, markdown, write_json, write_text  # noqa: E402
+from _common import default_workdir, markdown, run_main, write_json, write_text  # noqa: E402
 
 SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
 
@@ -63,13 +63,19 @@ def main(argv=None):
         res = sd.log_likelihood(score, sde, x, generator=torch.Generator().manual_seed(1), **kw)
         err = (res.logp - truth).double()
         results[label] = res.logp
-        rows.append({"setting": label, "mean_error": err.mean().item(), "mean_abs_error": err.abs().mean().item(),
+        # every mean comes with its standard error sd / sqrt(n): whether a Hutchinson mean error of
+        # a few tenths of a nat is a bias or noise depends on it
+        rows.append({"setting": label, "mean_error": err.mean().item(), "mean_error_se": standard_error(err),
+                     "mean_abs_error": err.abs().mean().item(), "mean_abs_error_se": standard_error(err.abs()),
                      "error_sd": err.std().item(), "nfe": res.nfe, "seconds": time.time() - t0})
-    table = markdown(("log-likelihood", "mean error (nats)", "mean abs. error", "sd of error", "NFE", "seconds"),
-                     [(r["setting"], f"{r['mean_error']:+.4f}", f"{r['mean_abs_error']:.4f}", f"{r['error_sd']:.4f}",
+    table = markdown(("log-likelihood", "mean error ± se (nats)", "mean abs. error ± se", "sd of error", "NFE", "seconds"),
+                     [(r["setting"], f"{r['mean_error']:+.4f} ± {r['mean_error_se']:.4f}",
+                       f"{r['mean_abs_error']:.4f} ± {r['mean_abs_error_se']:.4f}", f"{r['error_sd']:.4f}",
                        r["nfe"], f"{r['seconds']:.2f}") for r in rows])
-    print(f"{len(x)} points of a 2-D Gaussian mixture, {args.sde.upper()}-SDE, dopri5 rtol = atol = 1e-5; "
-          f"error = PF-ODE log p(x) - analytic log p(x); the Hutchinson rows use the exact p_T\n")
+    intro = (f"{len(x)} points of a 2-D Gaussian mixture, {args.sde.upper()}-SDE, dopri5 rtol = atol = 1e-5; "
+             f"error = PF-ODE log p(x) - analytic log p(x); the Hutchinson rows use the exact p_T; "
+             f"± is the standard error of the mean over the {len(x)} points\n")
+    print(intro)
     print(table)
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -85,11 +91,18 @@ def main(argv=None):
     atomic_write_bytes(os.path.join(args.workdir, "likelihood.png"), buf.getvalue())
 
     summary = {"sde": args.sde, "num": len(x), "rows": rows}
+    report = intro + "\n" + table
     if args.run:
         summary["run"] = trained_run(args.run, 8 if args.quick else args.num_test, 1e-3 if args.quick else 1e-5)
+        report += "\n" + summary["run"]["line"] + "\n"
     write_json(os.path.join(args.workdir, "likelihood.json"), summary)
-    write_text(os.path.join(args.workdir, "likelihood.md"), table)
+    write_text(os.path.join(args.workdir, "likelihood.md"), report)
     print(f"wrote likelihood.md, likelihood.json, likelihood.png in {args.workdir}")
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """sd / sqrt(n) of per-point values: the standard error of their mean."""
+    return values.double().std().item() / math.sqrt(values.numel())
 
 
 def trained_run(path: str, n: int, tol: float) -> dict:
@@ -104,10 +117,12 @@ def trained_run(path: str, n: int, tol: float) -> dict:
     else:
         res = sd.log_likelihood(run.score_fn, run.sde, test.data[:n], estimator="exact", rtol=tol, atol=tol)
         values, unit = -res.logp.double(), "nats (NLL)"
-    mean, se = values.mean().item(), values.std().item() / math.sqrt(len(values))
-    print(f"{path} (step {run.step}): test {unit} {mean:.3f} ± {se:.3f} on {len(values)} examples (NFE {res.nfe})\n")
-    return {"path": run.path, "step": run.step, "unit": unit, "mean": mean, "se": se, "n": len(values), "nfe": res.nfe}
+    mean, se = values.mean().item(), standard_error(values)
+    line = f"{path} (step {run.step}): test {unit} {mean:.3f} ± {se:.3f} (standard error) on {len(values)} examples (NFE {res.nfe})"
+    print(line + "\n")
+    return {"path": run.path, "step": run.step, "unit": unit, "mean": mean, "se": se, "n": len(values), "nfe": res.nfe,
+            "line": line}
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,7 +21,7 @@ from scoresde import plot, sampling
 from scoresde.config import load_config
 from scoresde.data import load_dataset
 
-from _common import config_path, default_workdir, train_or_reuse, write_json
+from _common import config_path, default_workdir, run_main, train_or_reuse, write_json
 
 QUICK = ["train.steps=30", "train.batch_size=32", "train.warmup=5", "train.log_every=10", "train.ema_decay=0.5",
          "train.checkpoint_every=30", "model.channels=8", "model.attn_resolutions=[]"]
@@ -74,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,7 +19,7 @@ from scoresde import metrics, plot, sampling
 from scoresde.config import load_config
 from scoresde.data import TOYS, load_dataset, on_checkerboard
 
-from _common import config_path, default_workdir, train_or_reuse, write_json
+from _common import config_path, default_workdir, run_main, train_or_reuse, write_json
 
 # --quick: a small network and a short run (the point is that it runs end to end, not quality)
 QUICK = ["train.steps=300", "train.batch_size=256", "train.warmup=20", "train.log_every=50",
@@ -87,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -95,22 +95,49 @@ def trajectories(paths: torch.Tensor, path: str, lim: Tuple[float, float] = (-4.
     return _save(fig, path)
 
 
+#: SDE samplers solid, ODE solvers dashed; colours and markers cycle independently, so ten curves differ
+FAMILY_STYLE = {"sde": "-", "ode": "--"}
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
+
+
 def quality_vs_nfe(rows: Iterable[dict], path: str, metric: str, ylabel: Optional[str] = None,
-                   logy: bool = True) -> str:
-    """One curve per sampler: ``metric`` against NFE (rows carry 'sampler', 'nfe' and the metric)."""
+                   logy: bool = True, *, floor: Optional[dict] = None, title: Optional[str] = None,
+                   z: float = 2.0) -> str:
+    """One curve per sampler: ``metric`` against NFE (rows carry 'sampler', 'nfe', the metric, and
+    optionally '<metric>_se', drawn as +-1 SE bars, and 'family', "sde" (solid lines, listed first)
+    or "ode" (dashed)). ``floor``: a dict with the metric (and its SE) for data against data, drawn
+    as a grey band of +-``z`` SE around it: what a perfect sampler would score."""
     by_sampler: Dict[str, list] = {}
+    fam: Dict[str, str] = {}
     for r in rows:
         if r.get(metric) is not None:
-            by_sampler.setdefault(r["sampler"], []).append((r["nfe"], r[metric]))
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, pts in by_sampler.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+            by_sampler.setdefault(r["sampler"], []).append((r["nfe"], r[metric], r.get(metric + "_se") or 0.0))
+            fam[r["sampler"]] = r.get("family", "sde")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if floor is not None and floor.get(metric) is not None:
+        f, se = floor[metric], floor.get(metric + "_se") or 0.0
+        lo = f - z * se
+        if logy and lo <= 0:
+            lo = f / 10  # a log axis has no 0: the band then reaches a decade below the floor
+        ax.axhspan(lo, f + z * se, color="0.5", alpha=0.25, lw=0, label=f"noise floor (data vs data) ± {z:g} SE")
+        ax.axhline(f, color="0.4", lw=0.8)
+    order = sorted(by_sampler, key=lambda name: fam[name] != "sde")  # SDE samplers first in the legend
+    colours = plt.get_cmap("tab10" if len(order) <= 10 else "tab20").colors
+    for i, name in enumerate(order):
+        pts = sorted(by_sampler[name])
+        x, y, e = zip(*pts)
+        bars = ax.errorbar(x, y, yerr=e, color=colours[i % len(colours)], ls=FAMILY_STYLE.get(fam[name], "-"),
+                           marker=MARKERS[i % len(MARKERS)], ms=4, lw=1.2, elinewidth=0.8, capsize=2,
+                           label=f"{name} ({fam[name].upper()})")
+        for part in bars.lines[1] + bars.lines[2]:
+            part.set_alpha(0.5)  # the bars fainter than the curves, so ten curves stay readable
     ax.set_xscale("log")
     if logy:
-        ax.set_yscale("log")
+        ax.set_yscale("log", nonpositive="clip")
     ax.set_xlabel("score evaluations (NFE)")
     ax.set_ylabel(ylabel or metric)
+    ax.set_title(title or f"{ylabel or metric} vs NFE")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="solid: SDE, dashed: ODE",
+              title_fontsize=7)
     return _save(fig, path)

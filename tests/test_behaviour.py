@@ -125,7 +125,8 @@ def test_cli_likelihood_image_bits_per_dim(digits_run, capsys):
     code = main(["likelihood", digits_run, "--num", str(num), "--seed", str(seed), "--device", "cpu"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    m = re.search(r"test: (\d+) images, bits/dim ([-\d.]+) ± ([\d.]+), NLL ([-\d.]+) nats \(hutchinson trace, NFE (\d+)\)", out)
+    m = re.search(r"test: (\d+) images, bits/dim ([-\d.]+) ± ([\d.]+); NLL on the 0–255 scale ([-\d.]+) ± ([\d.]+) "
+                  r"nats per image \(= bits/dim · D · ln 2, D = 64\); hutchinson trace, NFE (\d+)", out)
     assert m, out
 
     run = scoresde.load(digits_run, device="cpu")
@@ -134,11 +135,12 @@ def test_cli_likelihood_image_bits_per_dim(digits_run, capsys):
     res = scoresde.bits_per_dim(run.score_fn, run.sde, pixels, data_range=(-1.0, 1.0), estimator="hutchinson",
                                 generator=torch.Generator().manual_seed(seed))
     bpd, nll = res.bpd.double(), -res.logp.double()
+    nll_8bit = bpd * 64 * math.log(2)          # nats per image on the 0-255 scale
     assert int(m.group(1)) == num
     assert m.group(2) == f"{bpd.mean():.4f}"
     assert m.group(3) == f"{bpd.std() / math.sqrt(num):.4f}"
-    assert m.group(4) == f"{nll.mean():.2f}"
-    assert int(m.group(5)) == res.nfe
+    assert m.group(4) == f"{nll_8bit.mean():.2f}" and m.group(5) == f"{nll_8bit.std() / math.sqrt(num):.2f}"
+    assert int(m.group(6)) == res.nfe
     # the bits/dim is the NLL per dimension in bits with the 8-bit change of variables ([-1, 1]: +7)
     assert float(m.group(2)) == pytest.approx(float(nll.mean() / (64 * math.log(2)) + 7), abs=1e-3)
 

@@ -111,7 +111,7 @@ def test_end_to_end_train_sample_likelihood_compare(capsys, tmp_path):
 
     code, out, err = run_cli(capsys, "compare", workdir, "--num", "100", "--steps", "2,4", "--quiet")
     assert code == 0, err
-    rows = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text())
+    rows = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text())["rows"]
     assert {r["sampler"] for r in rows} >= {"euler_maruyama", "ddim", "pf_ode:dopri5"}
     # steps and NFE in two labelled columns: DDIM at 4 steps is 4 evaluations plus the denoising one
     header = out.splitlines()[0]

@@ -77,7 +77,7 @@ def test_compare_samplers_trains_a_toy_run(tmp_path):
     workdir = tmp_path / "compare"
     out = run_example("compare_samplers", workdir, "--quiet")
     assert_files(workdir, "compare.md", "compare.json", "compare.png", "sde_vs_ode.md")
-    samplers = {r["sampler"] for r in json.loads((workdir / "compare.json").read_text())}
+    samplers = {r["sampler"] for r in json.loads((workdir / "compare.json").read_text())["rows"]}
     assert {"euler_maruyama", "ddim", "pf_ode:dopri5"} <= samplers and "| sampler |" in out
 
 

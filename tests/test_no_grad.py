@@ -8,7 +8,6 @@ peak memory at 20 and 200 steps, and check that a score function that needs inpu
 itself (as guidance does) still gets them.
 """
 import json
-import math
 import os
 import subprocess
 import sys
