@@ -24,7 +24,7 @@ from scoresde.compare import SIGN_NOTE, compare, report, verdict, write_outputs
 from scoresde.data import on_checkerboard, toy_mixture
 from scoresde.run import load_data
 
-from _common import default_workdir, markdown, train_or_reuse, write_text
+from _common import default_workdir, markdown, run_main, train_or_reuse, write_text
 from train_toy import toy_config
 
 
@@ -102,4 +102,4 @@ def sde_vs_ode(rows, steps) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

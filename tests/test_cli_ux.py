@@ -392,10 +392,10 @@ def test_a_second_ctrl_c_during_cleanup_exits_at_once(tmp_path):
 
 
 def test_every_example_runs_its_main_through_run_main():
-    """Each examples/*.py (but compare_samplers.py, whose owner adopts it separately) ends in
+    """Each examples/*.py ends in
     ``if __name__ == "__main__": run_main(main)``."""
     for name in sorted(os.listdir(EXAMPLES)):
-        if not name.endswith(".py") or name in ("_common.py", "compare_samplers.py"):
+        if not name.endswith(".py") or name == "_common.py":
             continue
         tree = ast.parse(open(os.path.join(EXAMPLES, name), encoding="utf-8").read())
         guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
