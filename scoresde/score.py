@@ -10,8 +10,11 @@ so a network may predict any of the three and the others follow:
     "score": net ~ s                s = net
     "x0":    net ~ E[x_0 | x_t]     s = (alpha net - x_t) / sigma^2
 
-The network sees (x_t, c) with c = t ("time") or c = log sigma(t) ("log_sigma", as NCSN++ does
-for the VE SDE, where sigma spans four orders of magnitude). The network never sees a sampler
+The network sees (x_t, c) with c = t ("time"), c = log sigma(t) ("log_sigma", as NCSN++ does
+for the VE SDE, where sigma spans four orders of magnitude), c = t (N - 1) ("time_index": the
+discrete chain's index scale, which the reference implementation's continuous VP models and
+diffusers' UNet2DModel see, t = 1 being index 999 for N = 1000) or c = sigma(t) ("sigma": the
+reference's continuous VE models, which take log sigma themselves). The network never sees a sampler
 and samplers never see the network: they only call ``score_fn(x, t)``.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from . import _checks
 from .sde import SDE, VESDE, TimeLike, batch_broadcast
 
 PARAMETERIZATIONS = ("eps", "score", "x0")
-CONDITIONINGS = ("time", "log_sigma")
+CONDITIONINGS = ("time", "log_sigma", "time_index", "sigma")
 
 
 class ScoreModel(nn.Module):
@@ -35,7 +38,8 @@ class ScoreModel(nn.Module):
         net: a module ``net(x, c) -> tensor shaped like x`` with c of shape (B,).
         sde: the forward SDE (gives alpha(t), sigma(t)).
         parameterization: what the network predicts: "eps", "score" or "x0" (see module docstring).
-        conditioning: "time" (c = t) or "log_sigma" (c = log sigma(t)); None picks "log_sigma" for
+        conditioning: "time" (c = t), "log_sigma" (c = log sigma(t)), "time_index" (c = t (N - 1))
+            or "sigma" (c = sigma(t)); None picks "log_sigma" for
             a VESDE and "time" otherwise.
     ``forward(x, t)`` (t a float or a (B,) tensor) returns the score; so does ``score_fn``.
     At a time where sigma(t) = 0 (t = 0 for VP) the "eps" and "x0" scores are undefined.
@@ -65,7 +69,14 @@ class ScoreModel(nn.Module):
         """(net(x, c), t as (B,), alpha (B,), sigma (B,))."""
         t = self.sde.time(t, x)
         alpha, sigma = self.sde.marginal_coeffs(t, x)
-        c = t if self.conditioning == "time" else torch.log(sigma)
+        if self.conditioning == "time":
+            c = t
+        elif self.conditioning == "log_sigma":
+            c = torch.log(sigma)
+        elif self.conditioning == "time_index":
+            c = t * (self.sde.N - 1)
+        else:
+            c = sigma
         out = self.net(x, c)
         if not torch.is_tensor(out) or out.shape != x.shape:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__

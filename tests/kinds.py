@@ -82,7 +82,7 @@ EXACT = {
     "test_no_grad": {"test_score_functions_may_take_input_gradients"},
     "test_nets": {
         "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",
-        "test_score_model_reproduces_the_exact_score",
+        "test_score_model_reproduces_the_exact_score", "test_score_model_conditioning_values",
     },
     "test_sampler_distributions": ALL,
     "test_samplers": {

@@ -302,3 +302,22 @@ def test_score_model_rejects_misshaped_net_output():
     model = ScoreModel(lambda x, c: x[:, :1], sd.VPSDE())
     with pytest.raises(ValueError, match="net"):
         model(torch.randn(3, 2), 0.5)
+
+
+class ConditioningProbe(torch.nn.Module):
+    """Returns the conditioning value it was given, broadcast to x's shape."""
+
+    def forward(self, x, c):
+        return c.reshape(-1, *([1] * (x.dim() - 1))).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("conditioning", ["time", "log_sigma", "time_index", "sigma"])
+def test_score_model_conditioning_values(sde, conditioning):
+    """What the network sees: t, log sigma(t), t (N - 1) (the reference's t * 999 for N = 1000) or sigma(t)."""
+    t = torch.tensor([0.001, 0.3, 1.0], dtype=torch.float64)
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    model = ScoreModel(ConditioningProbe(), sde, parameterization="score", conditioning=conditioning)
+    sigma = sde.marginal_coeffs(t, x)[1]
+    expected = {"time": t, "log_sigma": sigma.log(), "time_index": t * 999, "sigma": sigma}[conditioning]
+    assert sde.N == 1000
+    torch.testing.assert_close(model(x, t)[:, 0], expected, rtol=1e-12, atol=0)
