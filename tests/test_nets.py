@@ -288,7 +288,7 @@ def test_score_model_reproduces_the_exact_score(mixture, sde, target):
 
 @pytest.mark.parametrize("kwargs, word", [
     (dict(parameterization="v"), "parameterization"),
-    (dict(conditioning="sigma"), "conditioning"),
+    (dict(conditioning="sigma_t"), "conditioning"),
     (dict(sde="vp"), "sde"),
 ])
 def test_score_model_bad_input(kwargs, word):
