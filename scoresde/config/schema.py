@@ -1,0 +1,130 @@
+"""The config schema: the sections' dataclasses with their defaults, the accepted values, and
+``Config``; also ``ConfigError``, the one exception every config problem raises.
+
+A config has five sections::
+
+    sde:    type (vp | subvp | ve) and its parameters
+    model:  name (mlp | unet), parameterization, conditioning, and the network's own keyword
+            arguments (checked against the network's signature)
+    data:   name, root, image_size, flip, centered (images on [-1, 1], else [0, 1]), n_train, n_test
+    train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed
+    sample: the sampler used for snapshots and as the CLI's default
+
+Everything the other config modules share lives here, and this module imports none of them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from ..sampling import SAMPLERS as _SAMPLER_REGISTRY
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the source and the key. ``key`` (dotted, e.g.
+    ``train.lr``, or ``sde.beta_min/beta_max`` for a relation) and ``detail`` (the message after the
+    key) let an error found in the merged config be re-worded for the ``--set`` item that caused it."""
+
+    def __init__(self, message: str, key: Optional[str] = None, detail: Optional[str] = None):
+        super().__init__(message)
+        self.key, self.detail = key, detail
+
+
+def _error(source: str, key: str, detail: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {detail}", key=key, detail=detail)
+
+
+# ---- sections ----------------------------------------------------------------------------------
+
+@dataclass
+class SDEConfig:
+    type: str = "vp"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    N: int = 1000
+
+
+@dataclass
+class DataConfig:
+    name: str = "checkerboard"
+    root: Optional[str] = None
+    image_size: Optional[int] = None
+    flip: bool = False
+    centered: bool = True
+    n_train: Optional[int] = None
+    n_test: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    batch_size: int = 512
+    lr: float = 1e-3
+    warmup: int = 100
+    lr_schedule: str = "constant"
+    grad_clip: Optional[float] = 1.0
+    ema_decay: float = 0.999
+    loss: str = "dsm"
+    likelihood_weighting: bool = False
+    importance_sampling: bool = False
+    reduce: str = "mean"
+    eps: float = 1e-5
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 100
+    snapshot_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    tensorboard: bool = False
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "probability_flow"
+    steps: int = 100
+    eps: float = 1e-3
+    num: int = 64
+
+
+SECTIONS = {"sde": SDEConfig, "data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
+SECTION_NAMES = ("sde", "model", "data", "train", "sample")
+#: model keys of every network; the others are the chosen network's keyword arguments
+MODEL_FIXED = ("name", "parameterization", "conditioning")
+SDE_TYPES = ("vp", "subvp", "ve")
+MODEL_NAMES = ("mlp", "unet")
+PARAMETERIZATIONS = ("eps", "score", "x0")
+CONDITIONINGS = (None, "time", "log_sigma")
+LOSS_NAMES = ("dsm", "ddpm", "smld")
+SAMPLERS = tuple(_SAMPLER_REGISTRY)
+DEVICES = ("auto", "cpu", "cuda")
+HUGE = 10 ** 9
+#: network keys that are sizes or counts (at least 1, at most MAX_WIDTH), and the other numeric ones
+MAX_WIDTH = 2 ** 16
+LR_SCHEDULES = ("constant", "cosine")
+#: data sets read from a local folder (data.root); the toys and "digits" need none
+NEEDS_ROOT = ("mnist", "cifar10", "folder")
+
+
+@dataclass
+class Config:
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: Dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["model"] = copy.deepcopy(self.model)
+        return {k: out[k] for k in ("sde", "model", "data", "train", "sample")}
+
+    @property
+    def net_kwargs(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k not in ("name", "parameterization", "conditioning")}
+
