@@ -1,4 +1,4 @@
-"""The ``scoresde`` command (also ``python -m scoresde``): train, sample, likelihood, compare, demo.
+"""The ``scoresde`` command (also ``python -m scoresde``): train, sample, likelihood, compare, demo, import.
 
 Every failure the user can cause ends in one line ``scoresde: error: ...`` on stderr and exit
 status 2, never a traceback (set SCORESDE_DEBUG=1 to see one); nothing is written before the
@@ -169,6 +169,31 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
     report = run_demo(args.workdir, overrides=args.set, quick=args.quick, progress=not args.quiet)
     print(f"report: {report}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """``scoresde import score-sde CHECKPOINT --config NAME [--set KEY=VALUE]... --workdir RUN_DIR
+    [--data-root DIR]`` and ``scoresde import diffusers FOLDER --workdir RUN_DIR``: a pretrained model
+    written as a run directory that every other command reads (nothing is written on an error)."""
+    if args.source == "score-sde":
+        from .pretrained.score_sde import from_score_sde
+        run = from_score_sde(args.checkpoint, args.config, overrides=args.set, workdir=args.workdir,
+                             data_root=args.data_root)
+        what = f"score_sde_pytorch checkpoint {args.checkpoint} ({args.config}"
+        what += "".join(f" --set {item}" for item in args.set) + ")"
+    else:
+        try:
+            from .pretrained.diffusers import from_diffusers
+        except ImportError:
+            raise ValueError("import diffusers: not available in this installation") from None
+        run = from_diffusers(args.folder, workdir=args.workdir)
+        what = f"diffusers folder {args.folder}"
+    m = run.config.model
+    params = sum(p.numel() for p in run.net.parameters())
+    print(f"{args.workdir}: imported {what}, step {run.step}: {run.config.sde.type} SDE, {m['name']} network "
+          f"({params:,} parameters, {m['parameterization']} of {m.get('conditioning') or 'time'}), data "
+          f"{run.config.data.name} {'x'.join(map(str, run.data_shape))} on [{run.data_range[0]:g}, {run.data_range[1]:g}]")
     return 0
 
 
@@ -375,6 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a tiny run (seconds) that exercises every stage")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    im = sub.add_parser("import", help="a pretrained model (score_sde_pytorch, diffusers) as a run directory",
+                        description="Write a pretrained model as a normal run directory (config.yaml and a checkpoint "
+                                    "in the trainer's format, with where it came from in its meta.json) that sample, "
+                                    "likelihood, compare and scoresde.load read unchanged. Checkpoints are read with "
+                                    "torch.load(weights_only=True) only: anything that needs more is refused unread.")
+    im_sub = im.add_subparsers(dest="source", metavar="SOURCE",
+                               parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter))
+    im_sub.required = True
+    ss = im_sub.add_parser("score-sde", help="an official score_sde_pytorch checkpoint (EMA weights)",
+                           description="An official score_sde_pytorch checkpoint (checkpoint_<k>.pth: model, ema, "
+                                       "optimizer, step) with the name of the reference config it was trained with; "
+                                       "its EMA weights, SDE, network and data become the run's.")
+    ss.add_argument("checkpoint", metavar="CHECKPOINT", help="the reference's checkpoint file (.pth)")
+    ss.add_argument("--config", required=True, metavar="NAME",
+                    help="the reference config, as its path under score_sde_pytorch's configs/, e.g. "
+                         "vp/cifar10_ddpmpp_continuous, subvp/cifar10_ddpmpp_deep_continuous, "
+                         "ve/cifar10_ncsnpp_continuous, vp/ddpm/cifar10_continuous")
+    ss.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a key of the reference config's model section, e.g. --set nf=32 --set "
+                         "ch_mult=[1,2] --set num_res_blocks=2 (repeatable)")
+    ss.add_argument("--workdir", required=True, metavar="RUN_DIR",
+                    help="the run directory to write (refused if it already holds a run)")
+    ss.add_argument("--data-root", metavar="DIR",
+                    help="the data set's folder (data.root; e.g. CIFAR-10's cifar-10-batches-bin): likelihood and "
+                         "compare read it, sampling does not (default: none; set it later in RUN_DIR/config.yaml)")
+    ss.set_defaults(func=cmd_import)
+    df = im_sub.add_parser("diffusers", help="a diffusers UNet2DModel folder with its scheduler config",
+                           description="A diffusers pipeline or model folder: a UNet2DModel with its scheduler "
+                                       "config (DDPM/DDIM -> VP, ScoreSdeVe -> VE).")
+    df.add_argument("folder", metavar="FOLDER", help="the diffusers folder")
+    df.add_argument("--workdir", required=True, metavar="RUN_DIR",
+                    help="the run directory to write (refused if it already holds a run)")
+    df.set_defaults(func=cmd_import)
     return p
 
 

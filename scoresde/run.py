@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from . import io
-from .config import Config, from_dict
+from .config import Config, from_dict, missing_data_root
 from .data import load_dataset
 from .nets import build_net
 from .score import ScoreModel
@@ -31,7 +31,11 @@ def build_sde(cfg: Config) -> SDE:
 
 def load_data(cfg: Config, split: str = "train", n: Optional[int] = None,
               generator: Optional[torch.Generator] = None):
-    """The config's data set: images scaled to [-1, 1] (``data.centered``) or [0, 1]."""
+    """The config's data set: images scaled to [-1, 1] (``data.centered``) or [0, 1]. A data set
+    read from a folder needs ``data.root`` here (a run loaded for sampling may have none)."""
+    error = missing_data_root(cfg)
+    if error is not None:
+        raise error
     d = cfg.data
     return load_dataset(d.name, split, root=d.root, image_size=d.image_size, n=n, generator=generator,
                         data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0))
@@ -80,6 +84,22 @@ class LoadedRun:
     path: str
 
 
+def _with_run_data_root(raw: dict, run_dir: str) -> dict:
+    """``raw`` with data.root from the run's config.yaml, where the user may have set or moved it
+    (where the files are, not which: the one data key a run may change, as on --resume)."""
+    import yaml
+    try:
+        with open(os.path.join(run_dir, "config.yaml"), "r", encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+        root = saved["data"]["root"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return raw  # no readable config.yaml (or no data.root in it): the checkpoint's own config holds
+    if root is not None and not isinstance(root, str):
+        return raw
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    return dict(raw, data=dict(data, root=root))
+
+
 def load(path: str, device="cpu") -> LoadedRun:
     """Load a run directory (its newest readable checkpoint) or one checkpoint directory onto
     ``device`` ("cpu" by default, "auto" for CUDA when present, "cuda", "cuda:K")."""
@@ -98,7 +118,11 @@ def load(path: str, device="cpu") -> LoadedRun:
             raise io.CheckpointError(f"{ckpt_dir}: no readable checkpoint (newest: {skipped[0]})")
         meta, tensors, ckpt = found
     try:
-        cfg = from_dict(meta["config"], source=os.path.join(ckpt, "meta.json"))
+        raw = meta["config"]
+        if ckpt != path and isinstance(raw, dict):
+            raw = _with_run_data_root(raw, path)
+        # sampling reads no data: a run without data.root loads (likelihood and compare ask for it)
+        cfg = from_dict(raw, source=os.path.join(ckpt, "meta.json"), data_root=False)
         data_shape = tuple(int(v) for v in meta["data_shape"])
         data_range = tuple(float(v) for v in meta.get("data_range", (-1.0, 1.0)))
     except (KeyError, TypeError, ValueError) as e:

@@ -21,16 +21,23 @@ import yaml
 
 from .checks import _build
 from .overrides import _blame, _merge, _model_items, _parse_override
-from .schema import (CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, MODEL_NAMES,
-                     NEEDS_ROOT, PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, ConfigError,
-                     DataConfig, SampleConfig, SDEConfig, TrainConfig)
+from .schema import (CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, NEEDS_ROOT,
+                     PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, ConfigError, DataConfig,
+                     SampleConfig, SDEConfig, TrainConfig, model_names)
 
 __all__ = [
     "Config", "ConfigError", "SDEConfig", "DataConfig", "TrainConfig", "SampleConfig", "SECTIONS", "SECTION_NAMES",
     "MODEL_FIXED", "SDE_TYPES", "MODEL_NAMES", "PARAMETERIZATIONS", "CONDITIONINGS", "LOSS_NAMES", "SAMPLERS",
     "DEVICES", "HUGE", "MAX_WIDTH", "LR_SCHEDULES", "NEEDS_ROOT", "PACKAGE_CONFIGS", "bundled_configs",
-    "resolve_config", "load_config", "from_dict", "save_config",
+    "resolve_config", "load_config", "from_dict", "save_config", "model_names", "missing_data_root",
 ]
+
+
+def __getattr__(name: str):
+    # MODEL_NAMES follows scoresde.nets.NETS, read when asked (see schema.model_names)
+    if name == "MODEL_NAMES":
+        return model_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -68,21 +75,38 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> Config:
     return from_dict(raw, source=path, overrides=overrides)
 
 
-def from_dict(raw: Any, source: str = "config", overrides: Optional[List[str]] = None) -> Config:
+def from_dict(raw: Any, source: str = "config", overrides: Optional[List[str]] = None,
+              data_root: bool = True) -> Config:
     """Validate the mapping ``raw`` (named ``source`` in errors) after applying ``--set`` items.
 
     Each item is checked on its own first (syntax, section, key, type), so its errors name it. A
     problem that only shows in the merged config (a range, a relation between keys) is blamed on the
-    item(s) that set the key, else on the first item after which it appears, else on ``source``."""
+    item(s) that set the key, else on the first item after which it appears, else on ``source``.
+
+    ``data_root=False`` accepts a data set read from a folder (mnist, cifar10, folder) without
+    ``data.root``: what sampling from a run needs (it reads no data); whatever reads the data
+    checks it then (``missing_data_root``)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections {SECTION_NAMES}, got {type(raw).__name__}")
     if not overrides:
-        return _build(raw, source)
+        return _build(raw, source, data_root)
     items = _model_items([_parse_override(item) for item in overrides], raw)
     try:
-        return _build(_merge(raw, items, source), source)
+        return _build(_merge(raw, items, source), source, data_root)
     except ConfigError as e:
-        raise _blame(raw, items, source, e) from None
+        raise _blame(raw, items, source, e, data_root) from None
+
+
+def missing_data_root(cfg: Config, source: str = "the run's config") -> Optional[ConfigError]:
+    """The error for reading ``cfg``'s data without its folder (data.root null for mnist, cifar10 or
+    folder), naming the key and how to set it; None when the data can be read."""
+    d = cfg.data
+    if d.root is not None or d.name not in NEEDS_ROOT:
+        return None
+    detail = (f"required to read the data of data.name {d.name!r} (the folder holding its files): set it in "
+              f"the run's config.yaml (data.root: /path/to/{d.name}), or for an imported run pass "
+              f"--data-root DIR to `scoresde import`")
+    return ConfigError(f"{source}: data.root: {detail}", key="data.root", detail=detail)
 
 
 

@@ -13,8 +13,8 @@ import math
 from typing import Any, Dict
 
 from ..options import closest
-from .schema import (CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, MODEL_NAMES,
-                     NEEDS_ROOT, PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, _error)
+from .schema import (CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, NEEDS_ROOT,
+                     PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, _error, model_names)
 
 
 def _key_hint(section: str, name: str, names) -> str:
@@ -25,7 +25,9 @@ def _key_hint(section: str, name: str, names) -> str:
     return f" (accepted: {', '.join(names)})"
 
 
-def _build(raw: dict, source: str) -> Config:
+def _build(raw: dict, source: str, data_root: bool = True) -> Config:
+    """``data_root``: require data.root for the data sets read from a folder (NEEDS_ROOT), as where
+    the data is read (training); False to load a run for sampling, which reads no data."""
     unknown = sorted(str(k) for k in set(raw) - set(SECTION_NAMES))
     if unknown:
         raise _error(source, unknown[0], f"unknown section{closest(unknown[0], SECTION_NAMES)} "
@@ -34,7 +36,7 @@ def _build(raw: dict, source: str) -> Config:
     for name, cls in SECTIONS.items():
         setattr(cfg, name, _section(cls, raw.get(name), source, name))
     cfg.model = _model_section(raw.get("model"), source)
-    _check_values(cfg, source)
+    _check_values(cfg, source, data_root)
     return cfg
 
 
@@ -104,8 +106,9 @@ def _model_section(raw: Any, source: str) -> Dict[str, Any]:
     if not isinstance(raw, dict):
         raise _error(source, "model", f"expected a mapping, got {type(raw).__name__}")
     name = raw.get("name", "mlp")
-    if name not in MODEL_NAMES:
-        raise _error(source, "model.name", f"expected one of {MODEL_NAMES}, got {name!r}")
+    names = model_names()
+    if not isinstance(name, str) or name not in names:
+        raise _error(source, "model.name", f"expected one of {names}{closest(str(name), names)}, got {name!r}")
     model = {"name": name, "parameterization": raw.get("parameterization", "eps"),
              "conditioning": raw.get("conditioning")}
     if model["parameterization"] not in PARAMETERIZATIONS:
@@ -132,7 +135,7 @@ def _check_model_value(key: str, value: Any, source: str, dotted: str) -> None:
         ok, what = 0 <= value < 1, "a number in [0, 1)"
     elif key == "fourier_scale":
         ok, what = 0 < value <= 1e6, "a number in (0, 1e6]"
-    elif isinstance(value, list):
+    elif isinstance(value, list) and all(isinstance(v, int) for v in value):
         ok = all(1 <= v <= MAX_WIDTH for v in value) and (bool(value) or key == "attn_resolutions")
         what = f"a list of integers in [1, {MAX_WIDTH}]"
     elif isinstance(value, int) and not isinstance(value, bool):
@@ -154,13 +157,19 @@ def _coerce_like(value: Any, default: Any, source: str, key: str):
     if isinstance(default, str):
         return _coerce(value, "str", default, source, key)
     if isinstance(default, (tuple, list)):
+        # a list like the default's: of strings where the default's are strings, else of integers
+        # (ch_mult, attn_resolutions, fir_kernel)
+        if default and all(isinstance(v, str) for v in default):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise _error(source, key, f"expected a list of strings, got {value!r}")
+            return list(value)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise _error(source, key, f"expected a list of integers, got {value!r}")
         return list(value)
     return value
 
 
-def _check_values(cfg: Config, source: str) -> None:
+def _check_values(cfg: Config, source: str, data_root: bool = True) -> None:
     from ..data import NAMES as DATA_NAMES  # lazy: the data modules are not needed to read a config
 
     def need(ok: bool, key: str, what: str, value: Any):
@@ -196,10 +205,16 @@ def _check_values(cfg: Config, source: str) -> None:
     need(0 <= t.seed < 2 ** 31, "train.seed", "an integer in [0, 2^31)", t.seed)
     need(t.device in DEVICES, "train.device", f"one of {DEVICES}", t.device)
     need(d.name in DATA_NAMES, "data.name", f"one of {DATA_NAMES}", d.name)
-    if d.root is None and d.name in NEEDS_ROOT:  # found here, the error names the key (not the reader's 'root')
+    if data_root and d.root is None and d.name in NEEDS_ROOT:  # found here, the error names the key (not the reader's 'root')
         raise _error(source, "data.root", f"required for data.name {d.name!r} (the folder holding its files), "
                                           f"e.g. --set data.root=/path/to/{d.name}")
     need(d.image_size is None or 1 <= d.image_size <= 4096, "data.image_size", "a positive integer", d.image_size)
+    # a network that rescales its input itself (the reference's: 2x - 1 when not centered) must be
+    # told the data's range, or it silently sees the wrong one
+    need(cfg.model.get("centered", d.centered) == d.centered, "model.centered",
+         f"the value of data.centered, {d.centered} (the network maps [0, 1] input to [-1, 1] itself "
+         f"unless centered)",
+         cfg.model.get("centered"))
     for key in ("n_train", "n_test"):
         v = getattr(d, key)
         need(v is None or 1 <= v <= 10 ** 8, f"data.{key}", "an integer in [1, 1e8] or null", v)

@@ -13,7 +13,7 @@ from typing import Any, List
 
 from ..options import closest, parse_value
 from .checks import _build, _check_model_value, _coerce, _coerce_like, _key_hint
-from .schema import MODEL_FIXED, MODEL_NAMES, SECTION_NAMES, SECTIONS, ConfigError, _error
+from .schema import MODEL_FIXED, SECTION_NAMES, SECTIONS, ConfigError, _error, model_names
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _model_items(items: List[_Override], raw: dict) -> List[_Override]:
     """Check the ``model.*`` items against the network the merged config will build."""
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     name = next((o.value for o in reversed(items) if o.key == "model.name"), model.get("name", "mlp"))
-    if name not in MODEL_NAMES:  # the merged config's check names the item that set it
+    if not isinstance(name, str) or name not in model_names():  # the merged config's check names the item that set it
         return items
     from ..nets import net_signature
     params = net_signature(name)
@@ -103,7 +103,7 @@ def _keys_of(key: str) -> set:
     return {f"{section}.{n}" for n in names.split("/")} if names else {key}
 
 
-def _blame(raw: dict, items: List[_Override], source: str, e: ConfigError) -> ConfigError:
+def _blame(raw: dict, items: List[_Override], source: str, e: ConfigError, data_root: bool = True) -> ConfigError:
     if e.key is None:
         return e
     # the item that set each key involved, the last one where a key was set twice (it is the one in effect)
@@ -115,7 +115,7 @@ def _blame(raw: dict, items: List[_Override], source: str, e: ConfigError) -> Co
     # first item after which this error appears, or the file when it has it on its own
     for k in range(len(items) + 1):
         try:
-            _build(_merge(raw, items[:k], source), source)
+            _build(_merge(raw, items[:k], source), source, data_root)
         except ConfigError as e2:
             if e2.key == e.key:
                 return e2 if k == 0 else ConfigError(f"{items[k - 1].where}: {e2.key}: {e2.detail}",

@@ -4,8 +4,9 @@
 A config has five sections::
 
     sde:    type (vp | subvp | ve) and its parameters
-    model:  name (mlp | unet), parameterization, conditioning, and the network's own keyword
-            arguments (checked against the network's signature)
+    model:  name (a network of scoresde.nets.NETS: mlp, unet, and the reference architectures
+            ncsnpp, ddpm, ...), parameterization, conditioning, and the network's own keyword
+            arguments (checked against the network's signature; list values where its defaults are lists)
     data:   name, root, image_size, flip, centered (images on [-1, 1], else [0, 1]), n_train, n_test
     train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed
     sample: the sampler used for snapshots and as the CLI's default
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from ..sampling import SAMPLERS as _SAMPLER_REGISTRY
+from ..score import CONDITIONINGS as _SCORE_CONDITIONINGS
 
 
 class ConfigError(ValueError):
@@ -97,9 +99,10 @@ SECTION_NAMES = ("sde", "model", "data", "train", "sample")
 #: model keys of every network; the others are the chosen network's keyword arguments
 MODEL_FIXED = ("name", "parameterization", "conditioning")
 SDE_TYPES = ("vp", "subvp", "ve")
-MODEL_NAMES = ("mlp", "unet")
 PARAMETERIZATIONS = ("eps", "score", "x0")
-CONDITIONINGS = (None, "time", "log_sigma")
+#: None picks ScoreModel's default (log_sigma for VE, time otherwise); time_index (t (N - 1)) and
+#: sigma are what the reference implementation's continuous VP / VE networks see
+CONDITIONINGS = (None,) + tuple(_SCORE_CONDITIONINGS)
 LOSS_NAMES = ("dsm", "ddpm", "smld")
 SAMPLERS = tuple(_SAMPLER_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
@@ -107,8 +110,22 @@ HUGE = 10 ** 9
 #: network keys that are sizes or counts (at least 1, at most MAX_WIDTH), and the other numeric ones
 MAX_WIDTH = 2 ** 16
 LR_SCHEDULES = ("constant", "cosine")
-#: data sets read from a local folder (data.root); the toys and "digits" need none
+#: data sets read from a local folder (data.root); the toys and "digits" need none. data.root is
+#: required where the data is read (training, likelihood, compare), not to sample from a run
 NEEDS_ROOT = ("mnist", "cifar10", "folder")
+
+
+def model_names() -> tuple:
+    """The accepted ``model.name`` values: the networks registered in ``scoresde.nets.NETS`` now."""
+    from ..nets import NETS  # lazy: this module imports nothing that builds networks
+    return tuple(NETS)
+
+
+def __getattr__(name: str):
+    # MODEL_NAMES follows scoresde.nets.NETS (a network registered later is accepted too)
+    if name == "MODEL_NAMES":
+        return model_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

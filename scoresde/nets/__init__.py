@@ -13,12 +13,17 @@ from typing import Any, Dict, Sequence
 from torch import nn
 
 from .embeddings import GaussianFourierProjection, SinusoidalEmbedding
+from .ddpm_ref import DDPM
 from .mlp import MLP
+from .ncsnpp import NCSNpp
 from .unet import UNet
+from .diffusers_unet import DiffusersUNet2D  # diffusers itself is imported only when one is built
 
 # Arguments build_net derives from data_shape, so they are not accepted as keywords.
-_DERIVED = {"mlp": ("dim",), "unet": ("in_channels", "image_size")}
-NETS = {"mlp": MLP, "unet": UNet}
+_DERIVED = {"mlp": ("dim",), "unet": ("in_channels", "image_size"), "ncsnpp": ("num_channels", "image_size"),
+            "ddpm": ("num_channels", "image_size"),
+            "diffusers_unet2d": ("in_channels", "image_size")}
+NETS = {"mlp": MLP, "unet": UNet, "ncsnpp": NCSNpp, "ddpm": DDPM, "diffusers_unet2d": DiffusersUNet2D}
 
 
 def net_signature(name: str) -> Dict[str, Any]:
@@ -34,7 +39,8 @@ def build_net(name: str, data_shape: Sequence[int], **kwargs) -> nn.Module:
     """A network for data of shape ``data_shape`` (one sample, no batch dimension).
 
     "mlp": MLP(dim=prod(data_shape), **kwargs); "unet": data_shape = (C, H, H) gives
-    UNet(in_channels=C, image_size=H, **kwargs).
+    UNet(in_channels=C, image_size=H, **kwargs); "ncsnpp" / "ddpm" (the reference implementation's
+    NCSN++ / DDPM++ and DDPM, checkpoint-compatible): NCSNpp / DDPM(num_channels=C, image_size=H, **kwargs).
     """
     if name not in NETS:
         raise ValueError(f"name must be one of {tuple(NETS)}, got {name!r}")
@@ -55,8 +61,10 @@ def build_net(name: str, data_shape: Sequence[int], **kwargs) -> nn.Module:
     if name == "mlp":
         return MLP(math.prod(shape), **kwargs)
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise ValueError(f"data_shape must be (C, H, W) with H = W for 'unet', got {tuple(data_shape)}")
-    return UNet(in_channels=shape[0], image_size=shape[1], **kwargs)
+        raise ValueError(f"data_shape must be (C, H, W) with H = W for {name!r}, got {tuple(data_shape)}")
+    channels_key, size_key = _DERIVED[name]
+    return NETS[name](**{channels_key: shape[0], size_key: shape[1]}, **kwargs)
 
 
-__all__ = ["GaussianFourierProjection", "SinusoidalEmbedding", "MLP", "UNet", "build_net", "net_signature", "NETS"]
+__all__ = ["GaussianFourierProjection", "SinusoidalEmbedding", "MLP", "UNet", "NCSNpp", "DDPM", "build_net",
+           "net_signature", "NETS"]
