@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     device_help = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:K (default auto, as train.device)"
-    run_dir_help = "a run directory made by `scoresde train` (its newest readable checkpoint) or one checkpoint directory"
+    run_dir_help = "a run directory made by `scoresde train` or `scoresde import` (its newest readable checkpoint) or one checkpoint directory"
     s = sub.add_parser("sample", help="draw samples from a trained run",
                        description="Draw samples from a trained run and save them as a plot (.png) or an array (.npz). "
                                    "Prints the score evaluations (NFE) and the wall time; image samples are clipped "

@@ -45,6 +45,10 @@ EXACT = {
         "test_fraction_and_mode_weight_errors", "test_noise_floor_is_the_metric_between_two_draws_of_the_data",
         "test_verdict_names_the_planted_winner", "test_verdict_between_two_exact_samplers_is_indistinguishable",
     },
+    "test_diffusers_import": {
+        "test_score_is_the_output_converted_by_hand", "test_ddim_equals_diffusers", "test_ddim_final_step_conventions",
+        "test_ancestral_equals_diffusers_ddpm", "test_ancestral_full_chain_is_ddpm", "test_score_sde_ve",
+    },
     "test_discrete": ALL,
     "test_dpm_references": ALL,
     "test_fast_samplers": {
@@ -83,6 +87,11 @@ EXACT = {
     "test_nets": {
         "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",
         "test_score_model_reproduces_the_exact_score", "test_score_model_conditioning_values",
+    },
+    "test_pretrained_import": {"test_cli_import_reproduces_the_reference_score"},
+    "test_reference_nets": {
+        "test_score_matches_the_references_with_ema_weights", "test_sde_std_is_the_references_marginal_std",
+        "test_upfirdn2d_is_its_definition", "test_fir_up_and_downsampling_are_their_definitions",
     },
     "test_sampler_distributions": ALL,
     "test_samplers": {
