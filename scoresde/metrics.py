@@ -275,3 +275,30 @@ def sliced_wasserstein_se(x: torch.Tensor, y: torch.Tensor, projections: int = 2
 
     value = sw(px.T.contiguous(), py.T.contiguous())
     return value, math.sqrt(part(px, ox, py, True) + part(py, oy, px, False))
+
+
+# ---- Fréchet distance between Gaussians (FID and its kin) ------------------------------------------
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """The Fréchet (2-Wasserstein) distance squared between N(mu1, sigma1) and N(mu2, sigma2),
+
+        |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1^(1/2) sigma2 sigma1^(1/2))^(1/2)),
+
+    the quantity FID reports for Inception features. The matrix square roots are taken through
+    symmetric eigendecompositions in float64 (eigenvalues clamped at 0), so the result is exact
+    for positive semi-definite inputs, singular ones included, where a general sqrtm of the
+    non-symmetric product sigma1 sigma2 can return complex rounding noise. Accepts tensors or
+    numpy arrays; returns a float >= 0."""
+    m1, m2 = (torch.as_tensor(m, dtype=torch.float64).reshape(-1) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(s, dtype=torch.float64) for s in (sigma1, sigma2))
+    d = m1.numel()
+    if m2.numel() != d or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"frechet_distance needs mu (D,) and sigma (D, D) of one D, got mu {tuple(m1.shape)}, "
+                         f"{tuple(m2.shape)} and sigma {tuple(s1.shape)}, {tuple(s2.shape)}")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    lam, U = torch.linalg.eigh(s1)
+    root1 = (U * lam.clamp_min(0).sqrt()) @ U.T
+    middle = root1 @ s2 @ root1
+    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    value = (m1 - m2).square().sum() + s1.trace() + s2.trace() - 2 * cross
+    return max(float(value), 0.0)

@@ -72,7 +72,7 @@ EXACT = {
         "test_energy_distance_closed_form_1d_gaussians", "test_mmd_closed_form_2d_gaussians",
         "test_sliced_wasserstein_of_a_shift", "test_sliced_wasserstein_closed_form_independent_gaussians",
         "test_unbiased_near_zero_under_the_null", "test_the_null_check_detects_a_biased_estimator",
-        "test_shift_is_clearly_detected",
+        "test_shift_is_clearly_detected", "test_frechet_distance_matches_scipy", "test_frechet_distance_closed_forms",
     },
     "test_mutants_analytic": ALL,
     "test_mutants_likelihood": {
