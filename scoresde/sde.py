@@ -115,7 +115,10 @@ class SDE(abc.ABC):
         return batch_broadcast(alpha, x0) * x0, sigma
 
     def prior_sampling(self, shape, generator: Optional[torch.Generator] = None, device=None, dtype=None) -> Tensor:
-        """A draw from the prior p_T = N(0, prior_std^2 I)."""
+        """A draw from the prior p_T = N(0, prior_std^2 I). ``generator``: a ``torch.Generator``, or a
+        per-sample one (``scoresde.sampling.generators.SampleGenerators``: row r from its own seed)."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            return self.prior_std * generator.randn(tuple(shape), device=device, dtype=dtype)
         if device is None and generator is not None:
             device = generator.device
         return self.prior_std * torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)

@@ -3,6 +3,15 @@
 All start from the given prior draw ``x_T``, run on a time grid from T down to ``eps`` and, with
 ``denoise=True`` (the default), finish with one Tweedie step to E[x_0 | x_eps]. With the exact
 score they all converge to the same distribution, and the ODE ones to the same path.
+
+Randomness: ``generator=`` is a ``torch.Generator`` (one stream for the batch) or a
+``generators.SampleGenerators`` (one generator per sample, EDM's StackedRandomGenerator): then the
+prior draw and every noise draw give row r numbers from its own seed only, so a sample does not
+depend on the batch it is drawn in. Every sampler draws through ``_loop.randn_like``;
+``reverse_sde`` gives each row its own torchsde Brownian path. Two samplers still couple the rows
+of a batch by design: ``predictor_corrector``'s "langevin" corrector (step size from batch-averaged
+norms) and ``probability_flow`` with an adaptive method (one step size per batch).
+``scoresde.generate`` draws many samples this way, sample i from seed + i.
 """
 import torch
 

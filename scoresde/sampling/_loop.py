@@ -16,7 +16,7 @@ multistep solvers (Heun, DPM-Solver) build their own steps in their modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -24,11 +24,15 @@ from tqdm.auto import trange
 
 from .. import _checks
 from ..sde import SDE
+from .generators import SampleGenerators
 from .grids import Grid
 
 
-def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard normal noise shaped like x, drawn from ``generator`` (on its own device)."""
+def randn_like(x: Tensor, generator: Union[torch.Generator, SampleGenerators, None]) -> Tensor:
+    """Standard normal noise shaped like x, drawn from ``generator`` (on its own device): a
+    ``torch.Generator``, or a ``SampleGenerators`` that draws row r of x from its own generator r."""
+    if isinstance(generator, SampleGenerators):
+        return generator.randn(x.shape, device=x.device, dtype=x.dtype)
     if generator is None or generator.device == x.device:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
