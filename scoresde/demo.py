@@ -45,7 +45,10 @@ def run_demo(workdir: str = os.path.join("runs", "demo"), overrides: Optional[Li
     cfg = load_config(resolve_config("toy_vp"), (QUICK if quick else []) + list(overrides or []))
     t0 = time.time()
     say(f"[1/4] training {cfg.train.steps} steps on the checkerboard (VP-SDE, MLP) in {workdir}")
-    train(cfg, workdir, resume=True, progress=progress)
+    result = train(cfg, workdir, resume=True, progress=progress)
+    if result["status"].startswith("stopped by"):  # Ctrl-C / SIGTERM: the trainer checkpointed; stop here
+        raise KeyboardInterrupt(f"training stopped at step {result['step']} ({result['status']}); "
+                                f"run the demo again to continue")
     t_train = time.time() - t0
     run = load(workdir)
     score, sde = run.score_fn, run.sde

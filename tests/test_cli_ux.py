@@ -400,3 +400,20 @@ def test_every_example_runs_its_main_through_run_main():
         tree = ast.parse(open(os.path.join(EXAMPLES, name), encoding="utf-8").read())
         guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
         assert guard and ast.unparse(guard[-1].body[0]) == "run_main(main)", name
+
+
+def test_demo_stops_when_its_training_is_stopped(capsys, tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM during the demo's training (the trainer checkpoints and returns "stopped
+    by ...") ends the demo with one line and status 130 instead of going on to compare samplers."""
+    import scoresde.demo as demo
+    from scoresde.cli import main
+
+    def stopped_training(cfg, workdir, resume=False, progress=True):
+        return {"step": 7, "status": "stopped by SIGTERM, checkpoint written"}
+
+    monkeypatch.setattr(demo, "train", stopped_training)
+    monkeypatch.setattr(demo, "compare", lambda *a, **k: pytest.fail("the demo went on after its training stopped"))
+    code = main(["demo", "--quick", "--quiet", "--workdir", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().count("\n") == 0
+    assert "interrupted: training stopped at step 7" in err and "run the demo again" in err
