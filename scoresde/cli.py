@@ -62,23 +62,45 @@ def cmd_sample(args) -> int:
     from .sampling import SAMPLERS, sample
     from .sampling._ode import Counter
     out = args.out
-    if not out.endswith((".png", ".npz")):
-        raise ValueError(f"--out must end in .png or .npz, got {out!r}")
+    # --out: one .png (plot) or .npz (array) drawn in one batch, or a folder of resumable shards
+    folder = not out.endswith((".png", ".npz"))
+    if folder and os.path.splitext(os.path.basename(os.path.normpath(out)))[1] and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r}: expected a .png or .npz file, or a folder of shards (an existing folder "
+                         "or a name without an extension)")
+    if not folder:
+        for flag, given in (("--batch-size", args.batch_size is not None),
+                            ("--shard-size", args.shard_size is not None), ("--png", args.png)):
+            if given:
+                raise ValueError(f"{flag}: only with a folder --out (a name without .png/.npz); {out} is one file "
+                                 "drawn in one batch")
     fn = SAMPLERS[args.sampler]
     options = parse_options(args.option, args.sampler, fn)
     if "return_stats" in options:  # it changes what the sampler returns; the NFE is printed anyway
         raise ValueError("--option return_stats: not available from the command line (the NFE is printed anyway)")
     adaptive = _adaptive(args.sampler, fn, options)
-    run = load(args.run_dir, device=args.device)
+    device = args.device
+    world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("LOCAL_RANK")
+    if folder and world > 1 and local_rank is not None and device.type == "cuda" and device.index == 0:
+        # under torchrun: each process on its own GPU (processes share GPUs when there are fewer GPUs)
+        device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    run = load(args.run_dir, device=device)
     if adaptive:
         rtol, atol = _option_or_default(fn, options, "rtol"), _option_or_default(fn, options, "atol")
-        if args.steps is not None:
+        if args.steps is not None and main_rank:
             print(f"scoresde: warning: --steps is ignored by {_sampler_label(args.sampler, fn, options)}, an adaptive "
                   f"solver: rtol={rtol:g}, atol={atol:g} set its cost (--option rtol=... --option atol=...)",
                   file=sys.stderr)
         steps = None
     else:
         steps = args.steps or run.config.sample.steps
+    if folder:
+        from .generate import DEFAULT_BATCH_SIZE, generate
+        generate(run, args.num, out, sampler=args.sampler, steps=steps,
+                 batch_size=args.batch_size or DEFAULT_BATCH_SIZE, seed=args.seed, options=options,
+                 shard_size=args.shard_size, png=args.png, eps=run.config.sample.eps, device=device,
+                 progress=not args.quiet)
+        return 0
     # NFE counted around the score on the host (no device sync): every sampler, denoising step included
     counted = Counter(run.score_fn)
     g = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -194,6 +216,51 @@ def cmd_import(args) -> int:
     print(f"{args.workdir}: imported {what}, step {run.step}: {run.config.sde.type} SDE, {m['name']} network "
           f"({params:,} parameters, {m['parameterization']} of {m.get('conditioning') or 'time'}), data "
           f"{run.config.data.name} {'x'.join(map(str, run.data_shape))} on [{run.data_range[0]:g}, {run.data_range[1]:g}]")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """``scoresde evaluate [RUN_DIR] --samples PATH [--reference train|test|STATS.npz|IMAGES] [--metrics
+    fid,kid,is] [--feature-net inception|digits]``: sample quality against a reference (scoresde.evaluate)."""
+    from .evaluate import _metric_list, digits_feature_net, evaluate, report_lines, run_config
+    metrics = _metric_list(args.metrics)
+    reference = args.reference
+    if reference is None:
+        if args.run_dir is None:
+            raise ValueError("--reference is needed without a RUN_DIR: a statistics .npz, or images (a folder or .npz)")
+        reference = "train"
+    if reference in ("train", "test") and args.run_dir is None:
+        raise ValueError(f"--reference {reference}: a split of a run's data; pass the RUN_DIR")
+    if args.inception_weights is not None and args.feature_net != "inception":
+        raise ValueError(f"--inception-weights: only for --feature-net inception (not {args.feature_net})")
+    cfg = run_config(args.run_dir) if args.run_dir is not None else None
+    feature_net = digits_feature_net(device=args.device) if args.feature_net == "digits" else None
+    cache = args.cache_dir or (os.path.join(args.run_dir, "eval") if args.run_dir is not None else None)
+    result = evaluate(args.samples, reference, metrics=metrics, feature_net=feature_net, config=cfg,
+                      batch_size=args.batch_size, device=args.device, cache=cache,
+                      inception_weights=args.inception_weights, progress=not args.quiet,
+                      log=lambda line: print(f"scoresde: {line}", file=sys.stderr))
+    for line in report_lines(result, warnings=False):
+        print(line)
+    for line in result["warnings"]:
+        print(f"scoresde: warning: {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    """``scoresde train-classifier digits [--out PATH] [--steps N] [--seed S]``: train the digits
+    classifier of FD-digits (scoresde.classifier), report its test accuracy and write its weights."""
+    import time
+    from .classifier import train_digits_classifier
+    _check_writable(os.path.dirname(os.path.abspath(args.out)))
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out}: is a folder, expected a .safetensors file path")
+    start = time.perf_counter()
+    net = train_digits_classifier(args.out, steps=args.steps, seed=args.seed, log=None if args.quiet else print)
+    m = net.metadata
+    print(f"{args.out}: digits classifier, {args.steps} steps, seed {args.seed}: test accuracy "
+          f"{100 * m['test_accuracy']:.2f}% (train {100 * m['train_accuracy']:.2f}%), "
+          f"{time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -333,9 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     device_help = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:K (default auto, as train.device)"
     run_dir_help = "a run directory made by `scoresde train` or `scoresde import` (its newest readable checkpoint) or one checkpoint directory"
     s = sub.add_parser("sample", help="draw samples from a trained run",
-                       description="Draw samples from a trained run and save them as a plot (.png) or an array (.npz). "
-                                   "Prints the score evaluations (NFE) and the wall time; image samples are clipped "
-                                   "to the data range, and how many values were clipped is reported.")
+                       description="Draw samples from a trained run and save them as a plot (.png) or an array (.npz), "
+                                   "or, with a folder --out, as resumable shards: shard_<k>.npz of --shard-size samples "
+                                   "(uint8 images (n, H, W, C), or float points), sample i drawn from seed --seed + i, "
+                                   "so its noise depends neither on the number of processes (torchrun "
+                                   "--nproc_per_node=K -m scoresde sample ... splits the shards) nor on the batch size; "
+                                   "rerunning the command skips the complete shards. Prints the score evaluations (NFE) and the wall time; "
+                                   "image samples are clipped to the data range, and how many values were clipped is "
+                                   "reported.")
     s.add_argument("run_dir", help=run_dir_help)
     s.add_argument("--sampler", default="probability_flow", choices=tuple(SAMPLERS), help="the sampling method")
     s.add_argument("--steps", type=_positive,
@@ -347,9 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword of the sampler, e.g. --option eta=0.5 (ddim), --option method=rk4 or "
                         "--option rtol=1e-3 (probability_flow); repeatable")
-    s.add_argument("--out", default="samples.png", help="output .png (plot) or .npz (array 'samples')")
-    s.add_argument("--seed", type=int, default=0, help="seed of the prior draw and the sampler's noise")
-    s.add_argument("--device", default="auto", help=device_help)
+    s.add_argument("--out", default="samples.png",
+                   help="output .png (plot) or .npz (array 'samples'), or a folder of shards (a name without an extension)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the prior draw and the sampler's noise (folder --out: sample i uses seed + i)")
+    s.add_argument("--batch-size", type=_positive, metavar="B",
+                   help="folder --out only: samples drawn together (default 500); it sets memory and speed, not the "
+                        "samples' noise")
+    s.add_argument("--shard-size", type=_positive, metavar="S",
+                   help="folder --out only: samples per shard file (default 1000)")
+    s.add_argument("--png", action="store_true", help="folder --out of an image run: also png/<index>.png per sample")
+    s.add_argument("--device", default="auto",
+                   help=device_help + "; under torchrun, auto/cuda/cuda:0 put each process on its LOCAL_RANK GPU")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
@@ -434,6 +515,51 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--workdir", required=True, metavar="RUN_DIR",
                     help="the run directory to write (refused if it already holds a run)")
     df.set_defaults(func=cmd_import)
+
+    ev = sub.add_parser("evaluate", help="FID, KID, IS (Inception, scoresde[eval]) or FD in a feature net's space",
+                        description="Sample quality of generated images against a reference: FID, KID (mean ± std "
+                                    "over subsets), Inception Score (mean ± std over splits) and precision/recall in "
+                                    "torch-fidelity's Inception-v3 space (pip install 'scoresde[eval]'; weights from "
+                                    "torch.hub's cache, $TORCH_HOME/hub/checkpoints, or --inception-weights), or "
+                                    "the same in the digits classifier's space (--feature-net digits: FD-digits, "
+                                    "offline). A data split's statistics are computed once and cached. Warns when "
+                                    "a set is below 10,000 images for FID (5 x the feature dimension for another "
+                                    "network): FID is biased upward at small N, so compare numbers of equal N.")
+    ev.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                    help="the run the samples came from: its data for --reference train/test, the data range of "
+                         "float samples, and the cache folder RUN_DIR/eval (optional with a --reference file)")
+    ev.add_argument("--samples", required=True, metavar="PATH",
+                    help="a folder written by `scoresde sample --out DIR`, a folder of .npz files or one .npz "
+                         "(uint8 images (N, H, W, C) or (N, C, H, W); floats in the run's data range)")
+    ev.add_argument("--reference", metavar="train|test|PATH",
+                    help="a split of RUN_DIR's data (default: train), a statistics .npz (scoresde's mu/sigma/"
+                         "features, pytorch-fid's mu/sigma, score_sde's pool_3, e.g. cifar10_stats.npz), or images")
+    ev.add_argument("--metrics", default="fid,kid,is", help="comma-separated: fid, kid, is, pr (precision/recall)")
+    ev.add_argument("--feature-net", default="inception", choices=("inception", "digits"),
+                    help="inception: torch-fidelity's Inception-v3 (FID, KID, IS); digits: the shipped digits "
+                         "classifier (FD-digits, KID-digits, IS-digits)")
+    ev.add_argument("--inception-weights", metavar="PATH",
+                    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (default: torch.hub's cache "
+                         "$TORCH_HOME/hub/checkpoints/, downloaded there when missing and online)")
+    ev.add_argument("--cache-dir", metavar="DIR", help="where data-split statistics are cached (default RUN_DIR/eval)")
+    ev.add_argument("--batch-size", type=_positive, default=200, help="images per feature-network batch")
+    ev.add_argument("--device", default="auto", help=device_help)
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_evaluate)
+
+    tc = sub.add_parser("train-classifier", help="train the digits classifier behind FD-digits",
+                        description="Train the small CNN classifier of the 8x8 digits whose features FD-digits "
+                                    "compares (scoresde.classifier; the package ships one, trained with the "
+                                    "defaults): deterministic on the CPU for a seed, about 5 s on one core. Prints "
+                                    "the test accuracy and writes the weights and training metadata as one "
+                                    "safetensors file (atomically).")
+    tc.add_argument("dataset", choices=("digits",), help="the data set (digits: scikit-learn's bundled 8x8 digits)")
+    tc.add_argument("--out", default=os.path.join("runs", "digits_classifier.safetensors"),
+                    help="the .safetensors file to write")
+    tc.add_argument("--steps", type=_positive, default=500, help="optimizer steps (batches of 128)")
+    tc.add_argument("--seed", type=int, default=0, help="seed of the initialization, the batches and the shifts")
+    tc.add_argument("--quiet", action="store_true", help="no progress lines")
+    tc.set_defaults(func=cmd_train_classifier)
     return p
 
 
@@ -445,8 +571,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .run import resolve_device
             args.device = resolve_device(args.device, what="--device")
         return args.func(args)
-    except KeyboardInterrupt:
-        print("scoresde: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("scoresde: interrupted" + (f": {_printable(e)}" if str(e) else ""), file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as e:
         if os.environ.get("SCORESDE_DEBUG"):

@@ -32,6 +32,10 @@ EXACT = {
         "test_mnist_reads_back_exactly", "test_cifar10_reads_back_exactly", "test_cifar10_record_layout",
         "test_each_epoch_is_a_permutation", "test_curve_toys_have_their_exact_mean_and_covariance",
     },
+    "test_classifier": {
+        "test_shipped_classifier_reaches_97_percent_on_the_test_split",
+        "test_feature_statistics_are_the_features_mean_and_covariance",
+    },
     "test_cli_ux": {
         "test_sample_prints_the_nfe_a_counting_score_counts_and_the_wall_time", "test_option_reaches_the_sampler",
         "test_image_samples_are_clipped_to_the_data_range_and_counted",
@@ -84,6 +88,7 @@ EXACT = {
         "test_shift_is_clearly_detected", "test_frechet_distance_matches_scipy", "test_frechet_distance_closed_forms",
     },
     "test_mutants_analytic": ALL,
+    "test_mutants_sampling_grids": {"test_quadratic_schedule_is_its_formula", "test_chain_times_use_T_over_N_minus_1"},
     "test_mutants_likelihood": {
         "test_bits_per_dim_equals_log_likelihood_of_its_dequantized_pixels", "test_batch_of_one_with_the_exact_trace",
         "test_fixed_step_methods_reach_the_solver", "test_adaptive_solver_stays_inside_eps_T",
