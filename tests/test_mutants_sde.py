@@ -204,3 +204,17 @@ def test_reverse_diffusion_with_like(pf):
     assert g.shape == (4,) and g.dtype == F64
     expected = 0.0 if pf else 0.01 * 5000 ** 0.5 * math.sqrt(2 * math.log(5000))
     torch.testing.assert_close(g, torch.full((4,), expected, dtype=F64), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_prior_sampling_with_per_sample_generators(sde):
+    """Row r of the prior draw is prior_std * randn(shape[1:]) from seed r alone, in the asked dtype,
+    on the META device when asked (which stands in for an accelerator)."""
+    from scoresde.sampling.generators import SampleGenerators
+    x = sde.prior_sampling((3, 2, 2), generator=SampleGenerators([7, 8, 9]), dtype=torch.float64)
+    rows = [sde.prior_std * torch.randn((2, 2), generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+            for s in (7, 8, 9)]
+    assert x.shape == (3, 2, 2) and x.dtype == torch.float64
+    torch.testing.assert_close(x, torch.stack(rows), rtol=0, atol=0)
+    on_meta = sde.prior_sampling((2, 3), generator=SampleGenerators([1, 2]), device="meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == (2, 3)
