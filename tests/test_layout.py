@@ -80,7 +80,7 @@ def test_no_import_circle():
 
 def test_the_cycle_finder_finds_a_planted_circle():
     graph = import_graph()
-    assert "scoresde.demo" in graph["scoresde.cli"]
+    assert "scoresde.demo" in graph["scoresde.cli.train_commands"]   # cli -> cli.train_commands -> demo
     graph["scoresde.demo"] = graph["scoresde.demo"] | {"scoresde.cli"}    # the circle this layout removed
     cycle = find_cycle(graph)
     assert cycle is not None and "scoresde.cli" in cycle and "scoresde.demo" in cycle
@@ -99,6 +99,11 @@ def test_function_level_imports_count():
     ("scoresde.config", ["resolve_config", "load_config", "bundled_configs"]),
     ("scoresde.train", ["train", "Trainer", "TrainingError"]),
     ("scoresde", ["load", "run", "train", "data"]),
+    ("scoresde.evaluate", ["evaluate", "report_lines", "as_pixels", "image_source", "extract_features",
+                           "inception_feature_net", "digits_feature_net", "load_stats", "save_stats",
+                           "fingerprint", "split_stats", "kid", "inception_score", "precision_recall",
+                           "feature_statistics", "fd_min_samples", "_metric_list", "_split_key"]),
+    ("scoresde.cli", ["main", "build_parser", "_HelpFormatter"]),
 ])
 def test_public_names(module, names):
     mod = importlib.import_module(module)

@@ -1,343 +1,25 @@
-"""The ``scoresde`` command (also ``python -m scoresde``): train, sample, likelihood, compare, demo, import.
+"""The ``scoresde`` command (also ``python -m scoresde``): train, sample, likelihood, compare, demo,
+import, evaluate, train-classifier.
 
 Every failure the user can cause ends in one line ``scoresde: error: ...`` on stderr and exit
 status 2, never a traceback (set SCORESDE_DEBUG=1 to see one); nothing is written before the
 inputs have been checked.
+
+Here: ``main``, ``build_parser`` (every command's options) and the parser's one-line errors. The
+commands themselves: ``train_commands`` (train, demo, train-classifier), ``sample_commands``
+(sample, likelihood, compare) and ``import_commands`` (import, evaluate).
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import io as _io
-import math
 import os
 import sys
 from typing import List, Optional
 
-import torch
-
-from . import io
-from .config import load_config, resolve_config
-
-# ---- commands ----------------------------------------------------------------------------------
-
-def cmd_train(args) -> int:
-    from .config import NEEDS_ROOT
-    from .resume import plan_resume
-    from .train import train
-    path = resolve_config(args.config)
-    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    if args.resume:
-        # the run's saved config wins over CONFIG; values change only through --set (see plan_resume)
-        plan = plan_resume(path, workdir, args.set)
-        cfg = plan.config
-    else:
-        cfg = load_config(path, args.set)
-        if io.list_checkpoints(os.path.join(workdir, "checkpoints")):
-            raise ValueError(f"{workdir} already holds a run (checkpoints/); pass --resume to continue it or choose another --workdir")
-    root = cfg.data.root
-    if cfg.data.name in NEEDS_ROOT and not os.path.isdir(os.path.expanduser(root)):
-        # checked here rather than by the reader, so that the message names the key to fix
-        raise ValueError(f"data.root {root!r}: not an existing folder (data.name {cfg.data.name} reads its files there)")
-    _check_writable(workdir)
-    if args.resume and main_rank and plan.saved_from is not None:
-        if plan.ignored:
-            values = ", ".join(f"{k}: {mine!r} (run: {theirs!r})" for k, mine, theirs in plan.ignored)
-            print(f"warning: --resume keeps the run's saved config {plan.saved_from}; ignoring where {path} "
-                  f"differs from it: {values}; change a value with --set KEY=VALUE", file=sys.stderr)
-        for key, old, new in plan.changes:
-            print(f"changed {key}: {old!r} -> {new!r}")
-    result = train(cfg, workdir, resume=args.resume, progress=not args.quiet, log=print if main_rank else None)
-    if main_rank:
-        print(f"{workdir}: step {result['step']}, {result['status']}")
-    return 0
-
-
-def cmd_sample(args) -> int:
-    import time
-    from .options import parse_options
-    from .plot import save_samples
-    from .run import load
-    from .sampling import SAMPLERS, sample
-    from .sampling._ode import Counter
-    out = args.out
-    # --out: one .png (plot) or .npz (array) drawn in one batch, or a folder of resumable shards
-    folder = not out.endswith((".png", ".npz"))
-    if folder and os.path.splitext(os.path.basename(os.path.normpath(out)))[1] and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r}: expected a .png or .npz file, or a folder of shards (an existing folder "
-                         "or a name without an extension)")
-    if not folder:
-        for flag, given in (("--batch-size", args.batch_size is not None),
-                            ("--shard-size", args.shard_size is not None), ("--png", args.png)):
-            if given:
-                raise ValueError(f"{flag}: only with a folder --out (a name without .png/.npz); {out} is one file "
-                                 "drawn in one batch")
-    fn = SAMPLERS[args.sampler]
-    options = parse_options(args.option, args.sampler, fn)
-    if "return_stats" in options:  # it changes what the sampler returns; the NFE is printed anyway
-        raise ValueError("--option return_stats: not available from the command line (the NFE is printed anyway)")
-    adaptive = _adaptive(args.sampler, fn, options)
-    device = args.device
-    world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("LOCAL_RANK")
-    if folder and world > 1 and local_rank is not None and device.type == "cuda" and device.index == 0:
-        # under torchrun: each process on its own GPU (processes share GPUs when there are fewer GPUs)
-        device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    run = load(args.run_dir, device=device)
-    if adaptive:
-        rtol, atol = _option_or_default(fn, options, "rtol"), _option_or_default(fn, options, "atol")
-        if args.steps is not None and main_rank:
-            print(f"scoresde: warning: --steps is ignored by {_sampler_label(args.sampler, fn, options)}, an adaptive "
-                  f"solver: rtol={rtol:g}, atol={atol:g} set its cost (--option rtol=... --option atol=...)",
-                  file=sys.stderr)
-        steps = None
-    else:
-        steps = args.steps or run.config.sample.steps
-    if folder:
-        from .generate import DEFAULT_BATCH_SIZE, generate
-        generate(run, args.num, out, sampler=args.sampler, steps=steps,
-                 batch_size=args.batch_size or DEFAULT_BATCH_SIZE, seed=args.seed, options=options,
-                 shard_size=args.shard_size, png=args.png, eps=run.config.sample.eps, device=device,
-                 progress=not args.quiet)
-        return 0
-    # NFE counted around the score on the host (no device sync): every sampler, denoising step included
-    counted = Counter(run.score_fn)
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        x = sample(args.sampler, counted, run.sde, (args.num,) + run.data_shape, steps=steps,
-                   eps=run.config.sample.eps, generator=g, device=args.device, progress=not args.quiet, **options)
-    x = x.cpu()  # waits for the device, so the time below is the sampling's
-    seconds = time.perf_counter() - t0
-    clipped = 0
-    if _is_image_run(run):
-        # an image's values outside the data range are not pixels; a toy's are just points
-        lo, hi = run.data_range
-        clipped = int(((x < lo) | (x > hi)).sum())
-        x = x.clamp(lo, hi)
-    if out.endswith(".npz"):
-        import numpy as np
-        buf = _io.BytesIO()
-        np.savez(buf, samples=x.numpy())
-        io.atomic_write_bytes(out, buf.getvalue())
-    else:
-        from types import SimpleNamespace
-        cost = f"rtol={rtol:g}, atol={atol:g}, NFE {counted.nfe}" if adaptive else f"{steps} steps"
-        save_samples(x, SimpleNamespace(data_range=run.data_range), out,
-                     title=f"{_sampler_label(args.sampler, fn, options)}, {cost}")
-    print(f"{args.sampler}: {args.num} samples, NFE {counted.nfe}, {seconds:.2f} s -> {out}")
-    if clipped:
-        lo, hi = run.data_range
-        print(f"clipped {clipped} of {x.numel()} values ({clipped / x.numel():.2%}) to the data range [{lo:g}, {hi:g}]")
-    return 0
-
-
-def cmd_likelihood(args) -> int:
-    from .likelihood import bits_per_dim, log_likelihood
-    from .run import load, load_data
-    run = load(args.run_dir, device=args.device)
-    data = load_data(run.config, args.split, n=args.num, generator=torch.Generator().manual_seed(args.seed + 1))
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
-    estimator = args.estimator or ("exact" if math.prod(run.data_shape) <= 16 else "hutchinson")
-    how = f"{estimator} trace"
-    if args.num == 1:
-        how = "one example, so no standard error; " + how
-    if data.is_image:
-        pixels = data.pixels[: args.num].to(args.device)
-        res = bits_per_dim(run.score_fn, run.sde, pixels, data_range=data.data_range, estimator=estimator,
-                           generator=g, progress=not args.quiet)
-        bpd = res.bpd.double().cpu()
-        D = pixels[0].numel()
-        # the model's own NLL depends on its data range; on the 8-bit scale it is comparable across runs
-        nats = bpd * (D * math.log(2.0))
-        print(f"{args.split}: {_count(len(bpd), 'image')}, bits/dim {_mean_se(bpd, 4)}; NLL on the 0–255 scale "
-              f"{_mean_se(nats, 2)} nats per image (= bits/dim · D · ln 2, D = {D}); {how}, NFE {res.nfe}")
-    else:
-        x = data.data[: args.num].to(args.device)
-        res = log_likelihood(run.score_fn, run.sde, x, estimator=estimator, generator=g, progress=not args.quiet)
-        nll = -res.logp.double().cpu()
-        print(f"{args.split}: {_count(len(nll), 'point')}, NLL {_mean_se(nll, 4)} nats on the data scale; "
-              f"{how}, NFE {res.nfe}")
-        exact = _exact_toy_nll(run.config.data.name, data.data[: args.num])
-        if exact is not None:
-            values, why = exact
-            print(f"exact: {_mean_se(values, 4)} nats ({why})")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from .compare import compare, report, select_methods, write_outputs
-    from .data import on_checkerboard, toy_mixture
-    from .run import load, load_data
-    steps = _int_list(args.steps, "--steps")
-    methods = select_methods(args.sampler, args.option)  # checked before anything is loaded or written
-    run = load(args.run_dir, device=args.device)
-    name = run.config.data.name
-    # held-out data: the reference, and a disjoint set of the same size for the noise floor
-    data = load_data(run.config, "test", n=2 * args.num, generator=torch.Generator().manual_seed(args.seed + 1)).data
-    half = min(args.num, len(data) // 2)
-    rows = compare(run.score_fn, run.sde, data[:half], num=args.num, steps=steps, methods=methods, seed=args.seed,
-                   device=args.device, on_target=on_checkerboard if name == "checkerboard" else None,
-                   mixture=toy_mixture(name) if name in ("gmm", "8gaussians") else None,
-                   floor_data=data[half: 2 * half], progress=not args.quiet)
-    paths = write_outputs(rows, args.out or os.path.join(args.run_dir, "compare"))
-    print(report(rows))
-    print(f"wrote {paths['table']}, {paths['json']}, {paths['plot']}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-    report = run_demo(args.workdir, overrides=args.set, quick=args.quick, progress=not args.quiet)
-    print(f"report: {report}")
-    return 0
-
-
-def cmd_import(args) -> int:
-    """``scoresde import score-sde CHECKPOINT --config NAME [--set KEY=VALUE]... --workdir RUN_DIR
-    [--data-root DIR]`` and ``scoresde import diffusers FOLDER --workdir RUN_DIR``: a pretrained model
-    written as a run directory that every other command reads (nothing is written on an error)."""
-    if args.source == "score-sde":
-        from .pretrained.score_sde import from_score_sde
-        run = from_score_sde(args.checkpoint, args.config, overrides=args.set, workdir=args.workdir,
-                             data_root=args.data_root)
-        what = f"score_sde_pytorch checkpoint {args.checkpoint} ({args.config}"
-        what += "".join(f" --set {item}" for item in args.set) + ")"
-    else:
-        try:
-            from .pretrained.diffusers import from_diffusers
-        except ImportError:
-            raise ValueError("import diffusers: not available in this installation") from None
-        run = from_diffusers(args.folder, workdir=args.workdir)
-        what = f"diffusers folder {args.folder}"
-    m = run.config.model
-    params = sum(p.numel() for p in run.net.parameters())
-    print(f"{args.workdir}: imported {what}, step {run.step}: {run.config.sde.type} SDE, {m['name']} network "
-          f"({params:,} parameters, {m['parameterization']} of {m.get('conditioning') or 'time'}), data "
-          f"{run.config.data.name} {'x'.join(map(str, run.data_shape))} on [{run.data_range[0]:g}, {run.data_range[1]:g}]")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    """``scoresde evaluate [RUN_DIR] --samples PATH [--reference train|test|STATS.npz|IMAGES] [--metrics
-    fid,kid,is] [--feature-net inception|digits]``: sample quality against a reference (scoresde.evaluate)."""
-    from .evaluate import _metric_list, digits_feature_net, evaluate, report_lines, run_config
-    metrics = _metric_list(args.metrics)
-    reference = args.reference
-    if reference is None:
-        if args.run_dir is None:
-            raise ValueError("--reference is needed without a RUN_DIR: a statistics .npz, or images (a folder or .npz)")
-        reference = "train"
-    if reference in ("train", "test") and args.run_dir is None:
-        raise ValueError(f"--reference {reference}: a split of a run's data; pass the RUN_DIR")
-    if args.inception_weights is not None and args.feature_net != "inception":
-        raise ValueError(f"--inception-weights: only for --feature-net inception (not {args.feature_net})")
-    cfg = run_config(args.run_dir) if args.run_dir is not None else None
-    feature_net = digits_feature_net(device=args.device) if args.feature_net == "digits" else None
-    cache = args.cache_dir or (os.path.join(args.run_dir, "eval") if args.run_dir is not None else None)
-    result = evaluate(args.samples, reference, metrics=metrics, feature_net=feature_net, config=cfg,
-                      batch_size=args.batch_size, device=args.device, cache=cache,
-                      inception_weights=args.inception_weights, progress=not args.quiet,
-                      log=lambda line: print(f"scoresde: {line}", file=sys.stderr))
-    for line in report_lines(result, warnings=False):
-        print(line)
-    for line in result["warnings"]:
-        print(f"scoresde: warning: {line}", file=sys.stderr)
-    return 0
-
-
-def cmd_train_classifier(args) -> int:
-    """``scoresde train-classifier digits [--out PATH] [--steps N] [--seed S]``: train the digits
-    classifier of FD-digits (scoresde.classifier), report its test accuracy and write its weights."""
-    import time
-    from .classifier import train_digits_classifier
-    _check_writable(os.path.dirname(os.path.abspath(args.out)))
-    if os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out}: is a folder, expected a .safetensors file path")
-    start = time.perf_counter()
-    net = train_digits_classifier(args.out, steps=args.steps, seed=args.seed, log=None if args.quiet else print)
-    m = net.metadata
-    print(f"{args.out}: digits classifier, {args.steps} steps, seed {args.seed}: test accuracy "
-          f"{100 * m['test_accuracy']:.2f}% (train {100 * m['train_accuracy']:.2f}%), "
-          f"{time.perf_counter() - start:.1f} s")
-    return 0
-
-
-# ---- plumbing ----------------------------------------------------------------------------------
-
-def _adaptive(name: str, fn, options: dict) -> bool:
-    """Whether the sampler's cost is set by rtol/atol rather than --steps (as ``sampling.sample`` decides)."""
-    from .sampling import ADAPTIVE, ADAPTIVE_METHODS
-    return name in ADAPTIVE or (name == "probability_flow"
-                                and _option_or_default(fn, options, "method") in ADAPTIVE_METHODS)
-
-
-def _option_or_default(fn, options: dict, key: str):
-    """The value a sampler will use for ``key``: the user's --option, else the function's default."""
-    import inspect
-    return options[key] if key in options else inspect.signature(fn).parameters[key].default
-
-
-def _sampler_label(name: str, fn, options: dict) -> str:
-    """The sampler's name, with its ODE method where it has one (what decides adaptive or not)."""
-    if name == "probability_flow":
-        return f"{name} ({_option_or_default(fn, options, 'method')})"
-    return name
-
-
-def _is_image_run(run) -> bool:
-    """A run on images (C, H, W), whose samples have a data range; toy runs are 2-D points."""
-    return len(run.data_shape) == 3
-
-
-def _mean_se(values: torch.Tensor, decimals: int) -> str:
-    """'mean ± standard error' (std / sqrt(n)) of per-example values, with at least ``decimals``
-    decimals and enough for two significant digits of the error (a tiny error must not print as
-    ± 0.0000); just the mean where there is no spread (one value, or an exactly known constant)."""
-    values = values.double()
-    mean = values.mean().item()
-    se = values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
-    if not se > 0:
-        return f"{mean:.{decimals}f}"
-    decimals = max(decimals, 1 - math.floor(math.log10(se)))
-    return f"{mean:.{decimals}f} ± {se:.{decimals}f}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _exact_toy_nll(name: str, x: torch.Tensor):
-    """(per-point NLL under the true density, what it is) for the toys whose density is known in
-    closed form: the checkerboard (1/8 on each of its 8 black unit squares) and the Gaussian
-    mixtures. None for the others (moons, swiss roll, rings: noise-blurred curves, no closed form)."""
-    from .data import CHECKERBOARD_LOG_DENSITY, checkerboard_log_prob, toy_mixture
-    x = x.double().cpu()
-    if name == "checkerboard":
-        return -checkerboard_log_prob(x), (f"the true density is 1/8 on the 8 black unit squares, so every point's "
-                                           f"NLL is log 8 = {-CHECKERBOARD_LOG_DENSITY:.4f}")
-    if name in ("gmm", "8gaussians"):
-        return -toy_mixture(name).log_prob(x), f"the same points under the true {name} mixture density"
-    return None
-
-
-def _int_list(text: str, flag: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{flag} must be comma-separated positive integers, got {text!r}")
-    return values
-
-
-def _check_writable(workdir: str) -> None:
-    parent = os.path.abspath(workdir)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--workdir {workdir}: {parent} is not a writable directory")
+from .import_commands import cmd_evaluate, cmd_import
+from .sample_commands import cmd_compare, cmd_likelihood, cmd_sample
+from .train_commands import cmd_demo, cmd_train, cmd_train_classifier
 
 
 def _positive(text: str) -> int:
@@ -375,7 +57,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SAMPLERS
+    from ..sampling import SAMPLERS
     p = _Parser(prog="scoresde", description="Score-based generative models through SDEs: train, sample, "
                                              "compare samplers, compute likelihoods.",
                 formatter_class=_HelpFormatter)
@@ -568,7 +250,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "device", None) is not None:
-            from .run import resolve_device
+            from ..run import resolve_device
             args.device = resolve_device(args.device, what="--device")
         return args.func(args)
     except KeyboardInterrupt as e:
@@ -579,7 +261,3 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"scoresde: error: {_printable(e)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
