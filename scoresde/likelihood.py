@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -21,9 +21,12 @@ from torch import Tensor
 from .sde import SDE
 from . import _checks
 from .sampling._ode import Counter, clamped_time, integrate, pf_drift
+from .sampling.generators import SampleGenerators
 from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS, STAGES
 
 ESTIMATORS = ("hutchinson", "exact")
+#: a torch.Generator, or a SampleGenerators: row r of every draw (probes, dequantization) from its own seed
+GeneratorLike = Union[torch.Generator, SampleGenerators, None]
 NOISES = ("rademacher", "gaussian")
 
 
@@ -70,9 +73,12 @@ def _divergence_fn(estimator: str, probes: Optional[Tensor]):
     return div
 
 
-def _draw_probes(noise: str, n: int, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    gdev = generator.device if generator is not None else x.device
-    v = torch.randn((n,) + tuple(x.shape), generator=generator, device=gdev, dtype=x.dtype)
+def _draw_probes(noise: str, n: int, x: Tensor, generator: GeneratorLike) -> Tensor:
+    if isinstance(generator, SampleGenerators):  # sample r's n probes from its own generator r
+        v = generator.randn((x.shape[0], n) + tuple(x.shape[1:]), dtype=x.dtype).transpose(0, 1).contiguous()
+    else:
+        gdev = generator.device if generator is not None else x.device
+        v = torch.randn((n,) + tuple(x.shape), generator=generator, device=gdev, dtype=x.dtype)
     if noise == "rademacher":
         v = v.sign()
         v[v == 0] = 1.0
@@ -83,7 +89,7 @@ def _draw_probes(noise: str, n: int, x: Tensor, generator: Optional[torch.Genera
 def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinson", noise: str = "rademacher",
                    probes: int = 1, eps: float = 1e-5, method: str = "dopri5", rtol: float = 1e-5,
                    atol: float = 1e-5, steps: int = 100, prior_logp: Optional[Callable[[Tensor], Tensor]] = None,
-                   generator: Optional[torch.Generator] = None, progress: bool = False) -> LikelihoodResult:
+                   generator: GeneratorLike = None, progress: bool = False) -> LikelihoodResult:
     """log p_eps(x) in nats through the probability-flow ODE (see the module docstring).
 
     Args:
@@ -96,6 +102,8 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
             estimate is torchdiffeq's: for dopri5 its error weights are -2/3 of RK45's, so equal
             tolerances give similar, not identical, steps).
         prior_logp: log p_T to use instead of ``sde.prior_logp`` (e.g. an exact p_T for tests).
+        generator: the Hutchinson probes' source: a ``torch.Generator``, or a ``SampleGenerators``
+            (sample r's probes from its own generator r, whatever batch it is in).
     """
     _checks.choice(estimator, "estimator", ESTIMATORS)
     _checks.choice(noise, "noise", NOISES)
@@ -140,7 +148,7 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
 
 
 def bits_per_dim(score_fn, sde: SDE, x: Tensor, *, data_range: Tuple[float, float] = (-1.0, 1.0),
-                 dequantize: bool = True, generator: Optional[torch.Generator] = None,
+                 dequantize: bool = True, generator: GeneratorLike = None,
                  **likelihood_kwargs) -> BitsPerDimResult:
     """Bits per dimension of 8-bit data on the 0–255 scale, comparable with the papers' tables.
 
@@ -153,7 +161,8 @@ def bits_per_dim(score_fn, sde: SDE, x: Tensor, *, data_range: Tuple[float, floa
     the change-of-variables term turning the density of y into one over the 0–255 scale; with
     uniform dequantization it is an upper bound on the discrete negative log-likelihood (Theis et
     al. 2016). For [-1, 1] this is the reference implementation's "+7" offset, for [0, 1] "+8".
-    Other keywords go to ``log_likelihood``.
+    Other keywords go to ``log_likelihood``. With a ``SampleGenerators`` as ``generator``, image r's
+    dequantization noise and then its probes come from its own generator r.
     """
     if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a tensor of 8-bit pixel values, shape (B, ...), got {type(x).__name__}")
@@ -163,7 +172,9 @@ def bits_per_dim(score_fn, sde: SDE, x: Tensor, *, data_range: Tuple[float, floa
     xf = x.to(torch.get_default_dtype() if not x.is_floating_point() else x.dtype)
     if bool(((xf < 0) | (xf > 255) | (xf != xf.round())).any()):
         raise ValueError("x must hold integer pixel values in [0, 255] (the 8-bit scale)")
-    if dequantize:
+    if dequantize and isinstance(generator, SampleGenerators):
+        noise = generator.rand(xf.shape, device=xf.device, dtype=xf.dtype)
+    elif dequantize:
         gdev = generator.device if generator is not None else xf.device
         noise = torch.rand(xf.shape, generator=generator, device=gdev, dtype=xf.dtype).to(xf.device)
     else:

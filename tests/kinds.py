@@ -107,6 +107,11 @@ EXACT = {
         "test_score_matches_the_references_with_ema_weights", "test_sde_std_is_the_references_marginal_std",
         "test_upfirdn2d_is_its_definition", "test_fir_up_and_downsampling_are_their_definitions",
     },
+    "test_split_likelihood": {
+        "test_batches_give_the_one_batch_bits_per_dim_of_the_same_draws",
+        "test_repeats_average_k_independent_draws_and_the_se_is_over_images",
+        "test_toy_points_batched_with_per_point_probes",
+    },
     "test_sampler_distributions": ALL,
     "test_samplers": {
         "test_sampler_matches_exact_distribution", "test_reversible_heun_matches_exact_distribution",

@@ -132,8 +132,10 @@ def test_cli_likelihood_image_bits_per_dim(digits_run, capsys):
     run = scoresde.load(digits_run, device="cpu")
     pixels = load_dataset("digits", "test", n=num, generator=torch.Generator().manual_seed(seed + 1)).pixels
     assert pixels.shape == (num, 1, 8, 8) and pixels.dtype == torch.uint8
+    # image i draws its dequantization noise and probes from its own seed, seed + i
+    from scoresde.sampling.generators import SampleGenerators
     res = scoresde.bits_per_dim(run.score_fn, run.sde, pixels, data_range=(-1.0, 1.0), estimator="hutchinson",
-                                generator=torch.Generator().manual_seed(seed))
+                                generator=SampleGenerators.range(seed, 0, num))
     bpd, nll = res.bpd.double(), -res.logp.double()
     nll_8bit = bpd * 64 * math.log(2)          # nats per image on the 0-255 scale
     assert int(m.group(1)) == num

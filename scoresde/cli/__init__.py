@@ -58,6 +58,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from ..sampling import SAMPLERS
+    from ..sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS
     p = _Parser(prog="scoresde", description="Score-based generative models through SDEs: train, sample, "
                                              "compare samplers, compute likelihoods.",
                 formatter_class=_HelpFormatter)
@@ -120,15 +121,34 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Negative log-likelihood of held-out data through the probability-flow ODE, "
                                     "mean ± standard error over the examples: nats on the data's own scale for "
                                     "2-D toys (with the exact value where the toy's density is known), bits/dim "
-                                    "and nats per image on the 0-255 scale for images.")
+                                    "and nats per image on the 0-255 scale for images. The whole split by "
+                                    "default, in batches; point i's probes and dequantization noise come from seed "
+                                    "--seed + i, so they depend neither on the batch size nor on the number of "
+                                    "processes (torchrun --nproc_per_node=K -m scoresde likelihood ... splits the "
+                                    "points and rank 0 prints the totals). With the adaptive dopri5 a batch shares "
+                                    "its step sizes (values then depend on the batch within the tolerance, 1e-5); a "
+                                    "fixed-step --method with --steps makes them independent of it.")
     lk.add_argument("run_dir", help=run_dir_help)
     lk.add_argument("--split", default="test", choices=("train", "test"), help="which split of the run's data")
-    lk.add_argument("--num-samples", "--num", dest="num", type=_positive, default=1000, metavar="N",
-                    help="number of data points (--num is an alias)")
+    lk.add_argument("--num-samples", "--num", dest="num", type=_positive, metavar="N",
+                    help="number of data points, a random choice drawn with --seed + 1 (default: the whole split; "
+                         "a toy's test split is 5000 points) (--num is an alias)")
+    lk.add_argument("--batch-size", type=_positive, metavar="B",
+                    help="points per ODE solve (default 256 for images, 5000 for toys): memory and speed")
+    lk.add_argument("--dequant-repeats", type=_positive, default=1, metavar="K",
+                    help="image runs: uniform dequantization draws per image; an image's bits/dim is the mean of its "
+                         "K draws and the standard error is over images")
     lk.add_argument("--estimator", choices=("exact", "hutchinson"),
                     help="trace estimator (default: exact for dimension <= 16, else hutchinson)")
-    lk.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes and the dequantization")
-    lk.add_argument("--device", default="auto", help=device_help)
+    lk.add_argument("--method", default="dopri5", choices=ADAPTIVE_METHODS + tuple(FIXED_METHODS),
+                    help="ODE solver: adaptive (rtol = atol = 1e-5) or fixed-step with --steps")
+    lk.add_argument("--steps", type=_positive, help="steps of a fixed-step --method (default 100)")
+    lk.add_argument("--seed", type=int, default=0,
+                    help="point i's Hutchinson probes and dequantization come from seed + i; a --num-samples "
+                         "choice from seed + 1")
+    lk.add_argument("--out", metavar="FILE.json", help="also write the per-point values (and every draw) as JSON")
+    lk.add_argument("--device", default="auto",
+                    help=device_help + "; under torchrun, auto/cuda/cuda:0 put each process on its LOCAL_RANK GPU")
     lk.add_argument("--quiet", action="store_true", help="no progress bar")
     lk.set_defaults(func=cmd_likelihood)
 

@@ -95,36 +95,66 @@ def cmd_sample(args) -> int:
 
 
 def cmd_likelihood(args) -> int:
-    from ..likelihood import bits_per_dim, log_likelihood
-    from ..run import load, load_data
-    run = load(args.run_dir, device=args.device)
-    data = load_data(run.config, args.split, n=args.num, generator=torch.Generator().manual_seed(args.seed + 1))
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
-    estimator = args.estimator or ("exact" if math.prod(run.data_shape) <= 16 else "hutchinson")
-    how = f"{estimator} trace"
-    if args.num == 1:
+    from ..run import load
+    from ..sampling.odeint import ADAPTIVE_METHODS
+    from ..split_likelihood import select_points, split_likelihood
+    if args.out is not None and not args.out.endswith(".json"):
+        raise ValueError(f"--out {args.out!r}: expected a .json file (the per-point values)")
+    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise ValueError(f"--out {args.out!r}: its folder does not exist")
+    if args.steps is not None and args.method in ADAPTIVE_METHODS:
+        raise ValueError(f"--steps: only with a fixed-step --method (rk4, euler, midpoint, ...); {args.method} is "
+                         "adaptive: its tolerance (rtol = atol = 1e-5) sets its steps")
+    world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("LOCAL_RANK")
+    device = args.device
+    if world > 1 and local_rank is not None and device.type == "cuda" and device.index == 0:
+        device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())  # one GPU per process
+    run = load(args.run_dir, device=device)
+    options = {"method": args.method} if args.steps is None else {"method": args.method, "steps": args.steps}
+    res = split_likelihood(run, args.split, args.num, batch_size=args.batch_size, dequant_repeats=args.dequant_repeats,
+                           estimator=args.estimator, seed=args.seed, progress=not args.quiet, **options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 prints the totals of all processes
+    how = f"{res.estimator} trace"
+    if res.n == 1:
         how = "one example, so no standard error; " + how
-    if data.is_image:
-        pixels = data.pixels[: args.num].to(args.device)
-        res = bits_per_dim(run.score_fn, run.sde, pixels, data_range=data.data_range, estimator=estimator,
-                           generator=g, progress=not args.quiet)
-        bpd = res.bpd.double().cpu()
-        D = pixels[0].numel()
+    noun = "image" if res.is_image else "point"
+    solves = f" in {res.solves} ODE solves" if res.solves > 1 else ""
+    if res.is_image:
         # the model's own NLL depends on its data range; on the 8-bit scale it is comparable across runs
-        nats = bpd * (D * math.log(2.0))
-        print(f"{args.split}: {_count(len(bpd), 'image')}, bits/dim {_mean_se(bpd, 4)}; NLL on the 0–255 scale "
-              f"{_mean_se(nats, 2)} nats per image (= bits/dim · D · ln 2, D = {D}); {how}, NFE {res.nfe}")
+        print(f"{args.split}: {_count(res.n, 'image')}, bits/dim {_mean_se(res.values, 4)}; NLL on the 0–255 scale "
+              f"{_mean_se(res.nll_8bit, 2)} nats per image (= bits/dim · D · ln 2, D = {res.dim}); {how}, "
+              f"NFE {res.nfe}{solves}")
     else:
-        x = data.data[: args.num].to(args.device)
-        res = log_likelihood(run.score_fn, run.sde, x, estimator=estimator, generator=g, progress=not args.quiet)
-        nll = -res.logp.double().cpu()
-        print(f"{args.split}: {_count(len(nll), 'point')}, NLL {_mean_se(nll, 4)} nats on the data scale; "
-              f"{how}, NFE {res.nfe}")
-        exact = _exact_toy_nll(run.config.data.name, data.data[: args.num])
+        print(f"{args.split}: {_count(res.n, 'point')}, NLL {_mean_se(res.values, 4)} nats on the data scale; "
+              f"{how}, NFE {res.nfe}{solves}")
+        exact = _exact_toy_nll(run.config.data.name, select_points(run, args.split, args.num, args.seed).data)
         if exact is not None:
             values, why = exact
             print(f"exact: {_mean_se(values, 4)} nats ({why})")
+    draws = (f" × {_count(res.repeats, 'dequantization draw')} (an image's bits/dim is the mean of its draws, the "
+             f"standard error is over images)" if res.is_image else "")
+    solver = args.method + (f", {args.steps} steps" if args.steps is not None else "")
+    seeds = f", seeds {args.seed}..{args.seed + res.n - 1}" if res.is_image or res.estimator == "hutchinson" else ""
+    print(f"{_count(res.n, noun)}{draws}{seeds}, batches of {res.batch_size} "
+          f"on {res.world_size} process{'es' if res.world_size > 1 else ''}, {solver}: {res.seconds:.1f} s, "
+          f"{res.seconds * res.world_size / res.n:.3g} s per {noun} per process")
+    if args.out is not None:
+        _write_likelihood_json(args, run, res)
+        print(f"per-{noun} values -> {args.out}")
     return 0
+
+
+def _write_likelihood_json(args, run, res) -> None:
+    import json
+    doc = {"run": os.path.abspath(args.run_dir), "step": run.step, "split": args.split, "num_samples": args.num,
+           "n": res.n, "unit": res.unit, "mean": res.mean, "se": res.se, "dequant_repeats": res.repeats,
+           "estimator": res.estimator, "method": args.method, "steps": args.steps, "seed": args.seed,
+           "batch_size": res.batch_size, "processes": res.world_size, "nfe": res.nfe, "seconds": res.seconds,
+           "values": res.values.tolist(), "draws": res.draws.tolist()}
+    if res.is_image:
+        doc.update(dim=res.dim, nll_8bit_mean=float(res.nll_8bit.mean()))
+    io.atomic_write_text(args.out, json.dumps(doc) + "\n")
 
 
 def cmd_compare(args) -> int:
@@ -182,7 +212,8 @@ def _mean_se(values: torch.Tensor, decimals: int) -> str:
     ± 0.0000); just the mean where there is no spread (one value, or an exactly known constant)."""
     values = values.double()
     mean = values.mean().item()
-    se = values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
+    # a constant has no spread, whatever the rounding of its mean over many copies makes std() say
+    se = values.std().item() / math.sqrt(values.numel()) if bool((values != values[0]).any()) else 0.0
     if not se > 0:
         return f"{mean:.{decimals}f}"
     decimals = max(decimals, 1 - math.floor(math.log10(se)))

@@ -60,6 +60,14 @@ class SampleGenerators:
         x = torch.stack(rows)
         return x if device is None else x.to(device)
 
+    def rand(self, shape: Sequence[int], *, device=None, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """Uniform [0, 1) noise of ``shape``, row r from generator r, put on ``device`` (default: theirs)."""
+        shape = tuple(int(n) for n in shape)
+        self._check_rows(shape, "rand")
+        rows = [torch.rand(shape[1:], generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        x = torch.stack(rows)
+        return x if device is None else x.to(device)
+
     def randint(self, high: int, *, device=None) -> Tensor:
         """One integer in [0, high) per row, shape (B,), int64."""
         x = torch.cat([torch.randint(0, high, (1,), generator=g, device=self.device) for g in self.generators])
