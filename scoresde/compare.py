@@ -55,9 +55,10 @@ SDE_TOLERANCES = (1e-1, 5e-2, 2e-2, 1e-2)
 #: a winner must lead every other candidate by more than Z combined standard errors
 Z = 2.0
 #: the metrics a verdict can rank: True where lower is better
-LOWER_IS_BETTER = {"energy_distance": True, "sliced_wasserstein": True, "mode_tv": True, "on_target": False}
+LOWER_IS_BETTER = {"energy_distance": True, "sliced_wasserstein": True, "mode_tv": True, "on_target": False,
+                   "fd": True}  # fd: image runs (compare_images)
 NAMES = {"energy_distance": "energy dist.", "sliced_wasserstein": "sliced W2", "on_target": "on board",
-         "mode_tv": "mode TV", "log_density": "mean log p"}
+         "mode_tv": "mode TV", "log_density": "mean log p", "fd": "FD"}
 SIGN_NOTE = ("Energy distance is the unbiased (U-statistic) estimate: it scatters around 0 when samples and data "
              "share a law, so a small negative value means \"at the noise floor\", not \"better than the data\".")
 ODE_SAMPLERS = ("ddim", "probability_flow", "dpm_solver", "heun")

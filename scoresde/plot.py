@@ -141,3 +141,41 @@ def quality_vs_nfe(rows: Iterable[dict], path: str, metric: str, ylabel: Optiona
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="solid: SDE, dashed: ODE",
               title_fontsize=7)
     return _save(fig, path)
+
+
+def fd_and_time_vs_nfe(rows: Iterable[dict], path: str, label: str = "FD", *, floor: Optional[dict] = None,
+                       title: Optional[str] = None, z: float = 2.0) -> str:
+    """Two panels against NFE, one curve per sampler (solid: SDE, dashed: ODE): the Fréchet distance
+    ``fd`` (± ``fd_se`` bars; ``floor``: the data-vs-data FD as a grey band of ± ``z`` SE) and the
+    wall time ``seconds``. ``label``: "FID" or "FD-<net>"."""
+    by_sampler: Dict[str, list] = {}
+    fam: Dict[str, str] = {}
+    for r in rows:
+        if r.get("fd") is not None:
+            by_sampler.setdefault(r["sampler"], []).append((r["nfe"], r["fd"], r.get("fd_se") or 0.0, r["seconds"]))
+            fam[r["sampler"]] = r.get("family", "sde")
+    fig, (ax, at) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig.subplots_adjust(wspace=0.35)
+    if floor is not None and floor.get("fd") is not None:
+        f, se = floor["fd"], floor.get("fd_se") or 0.0
+        ax.axhspan(max(f - z * se, f / 10), f + z * se, color="0.5", alpha=0.25, lw=0,
+                   label=f"noise floor (data vs data) ± {z:g} SE")
+        ax.axhline(f, color="0.4", lw=0.8)
+    order = sorted(by_sampler, key=lambda name: fam[name] != "sde")
+    colours = plt.get_cmap("tab10" if len(order) <= 10 else "tab20").colors
+    for i, name in enumerate(order):
+        nfe, fd, se, sec = zip(*sorted(by_sampler[name]))
+        style = dict(color=colours[i % len(colours)], ls=FAMILY_STYLE.get(fam[name], "-"),
+                     marker=MARKERS[i % len(MARKERS)], ms=4, lw=1.2)
+        ax.errorbar(nfe, fd, yerr=se, elinewidth=0.8, capsize=2, label=f"{name} ({fam[name].upper()})", **style)
+        at.plot(nfe, sec, **style)
+    for a, ylabel in ((ax, f"{label} to held-out data"), (at, "wall time (s)")):
+        a.set_xscale("log")
+        a.set_yscale("log", nonpositive="clip")
+        a.set_xlabel("score evaluations (NFE)")
+        a.set_ylabel(ylabel)
+        a.grid(alpha=0.3)
+    fig.suptitle(title or f"{label} and wall time vs NFE")
+    at.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="solid: SDE, dashed: ODE", title_fontsize=7)
+    return _save(fig, path)

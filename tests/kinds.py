@@ -43,6 +43,7 @@ EXACT = {
         "test_toy_likelihood_exact_value_only_where_the_density_is_known",
         "test_image_likelihood_bits_per_dim_and_nats_on_the_8_bit_scale",
     },
+    "test_compare_images": {"test_fd_rows_and_floor_equal_direct_computation", "test_fd_se_is_the_delete_a_group_jackknife"},
     "test_compare_honest": {
         "test_energy_distance_se_is_the_two_sample_delete_one_jackknife",
         "test_sliced_wasserstein_se_is_the_delete_a_group_jackknife", "test_se_matches_the_spread_over_independent_draws",

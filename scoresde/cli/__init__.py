@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and mean log-density for the Gaussian-mixture toys), each ± one standard error; "
                                    "the noise floor (the same metrics for held-out data itself); and a verdict that "
                                    "names a best sampler only when it leads all others by more than 2 combined "
-                                   "standard errors. Writes compare.md, compare.json and compare.png.")
+                                   "standard errors. On image runs the quality is instead the Fréchet distance "
+                                   "(FID or FD-digits, --feature-net) of the samples as pixels to held-out images, "
+                                   "± a jackknife SE, with the sample count and a warning when it is too small. "
+                                   "Writes compare.md, compare.json and compare.png.")
     c.add_argument("run_dir", help=run_dir_help)
     c.add_argument("--steps", default="10,20,50,100,200", help="comma-separated step counts of the fixed-step samplers")
     c.add_argument("--num-samples", "--num", dest="num", type=_positive, default=2000, metavar="N",
@@ -171,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword for every selected sampler, e.g. --sampler ddim --option eta=0.5; each must "
                         "accept it (repeatable; default: none)")
+    c.add_argument("--feature-net", choices=("inception", "digits"), default=None,
+                   help="image runs: the feature space of the Fréchet distance each setting is scored by, "
+                        "FID (inception: needs the [eval] extra and its weights) or FD-digits (the shipped "
+                        "digits classifier, offline) (default: digits for digits runs, inception for other "
+                        "image runs; toy runs take none)")
+    c.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="--feature-net inception: a local copy of torch-fidelity's Inception weights")
     c.add_argument("--out", help="output directory (default RUN_DIR/compare)")
     c.add_argument("--seed", type=int, default=0, help="seed of the prior draw, the samplers' noise and the data")
     c.add_argument("--device", default="auto", help=device_help)

@@ -163,11 +163,34 @@ def cmd_compare(args) -> int:
     from ..run import load, load_data
     steps = _int_list(args.steps, "--steps")
     methods = select_methods(args.sampler, args.option)  # checked before anything is loaded or written
+    feature_net = getattr(args, "feature_net", None)
+    weights = getattr(args, "inception_weights", None)
+    if weights is not None and feature_net not in (None, "inception"):
+        raise ValueError(f"--inception-weights: only for --feature-net inception (not {feature_net})")
     run = load(args.run_dir, device=args.device)
     name = run.config.data.name
+    image = _is_image_run(run)
+    if not image and (feature_net is not None or weights is not None):
+        raise ValueError(f"--feature-net/--inception-weights: only for image runs ({name} is a toy run)")
+    if image:  # the feature net first: a missing extra or weights fails before any sampling
+        from .. import compare_images as ci
+        net, inception = ci.load_feature_net(feature_net or ci.default_feature_net(name), args.device, weights)
     # held-out data: the reference, and a disjoint set of the same size for the noise floor
     data = load_data(run.config, "test", n=2 * args.num, generator=torch.Generator().manual_seed(args.seed + 1)).data
     half = min(args.num, len(data) // 2)
+    if image:
+        if half < args.num:
+            print(f"scoresde: note: the test split has {len(data)} images: reference and noise floor of {half} "
+                  f"each, samples {args.num}", file=sys.stderr)
+        rows = ci.compare_images(run.score_fn, run.sde, data[:half], data[half: 2 * half], feature_net=net,
+                                 inception=inception, data_range=run.data_range, num=args.num, steps=steps,
+                                 methods=methods, seed=args.seed, device=args.device, progress=not args.quiet)
+        paths = ci.write_outputs(rows, args.out or os.path.join(args.run_dir, "compare"))
+        print(ci.report(rows))
+        for w in rows.warnings:
+            print(f"scoresde: warning: {w}", file=sys.stderr)
+        print(f"wrote {paths['table']}, {paths['json']}, {paths['plot']}")
+        return 0
     rows = compare(run.score_fn, run.sde, data[:half], num=args.num, steps=steps, methods=methods, seed=args.seed,
                    device=args.device, on_target=on_checkerboard if name == "checkerboard" else None,
                    mixture=toy_mixture(name) if name in ("gmm", "8gaussians") else None,
