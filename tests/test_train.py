@@ -135,7 +135,8 @@ gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 if dist.get_rank() == 0:
     same = all(torch.equal(gathered[0], g) for g in gathered[1:])
-    print("RESULT", json.dumps({"world": dist.get_world_size(), "identical": same, "step": t.step}))
+    print("RESULT", json.dumps({"world": dist.get_world_size(), "identical": same, "step": t.step}), flush=True)
+dist.barrier()  # neither rank tears gloo down while the other may still be using it
 dist.destroy_process_group()
 """
 
