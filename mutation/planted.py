@@ -42,7 +42,7 @@ BUGS = {
         ["tests/test_behaviour.py", "-k", "steps"],
         "sampling.sample() ignores steps (scoresde sample --steps silently ignored)"),
     "likelihood_cli_images": (
-        "scoresde/cli/sample_commands.py", re.compile(r"^(    if data\.is_image:\n)", re.M),
+        "scoresde/cli/sample_commands.py", re.compile(r"^(    if res\.is_image:\n)", re.M),
         r"\1        raise NotImplementedError('planted')\n",
         ["tests/test_behaviour.py", "-k", "likelihood"],
         "the image (bits/dim) branch of scoresde likelihood replaced by an exception"),
