@@ -68,7 +68,9 @@ FORMAT = "scoresde-samples/1"
 SHARD_PATTERN = re.compile(r"^shard_(\d{6,})\.npz$")
 #: settings that decide the samples: a restart must repeat them
 IDENTITY = ("checkpoint", "step", "sampler", "options", "steps", "eps", "seed", "num_samples", "shard_size",
-            "png", "data_shape", "data_range", "batch_size")
+            "png", "data_shape", "data_range", "batch_size", "precision")
+# what a metadata file written before a key existed meant by its absence
+_IDENTITY_DEFAULTS = {"precision": "fp32"}
 
 
 def shard_name(k: int) -> str:
@@ -152,7 +154,7 @@ def _check_meta(out_dir: str, settings: dict) -> None:
     except (OSError, ValueError, AttributeError):
         raise ValueError(f"--out {out_dir}: {META_NAME} is not a scoresde samples file; use another --out") from None
     diffs = [f"{key} {_describe(saved.get(key))} (now {_describe(settings[key])})"
-             for key in IDENTITY if saved.get(key) != settings[key]]
+             for key in IDENTITY if saved.get(key, _IDENTITY_DEFAULTS.get(key)) != settings[key]]
     if diffs:
         raise ValueError(f"--out {out_dir} holds samples made with other settings: " + "; ".join(diffs)
                          + "; resume with the same settings or use another --out")
@@ -213,14 +215,19 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
              batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, options: Optional[dict] = None,
              shard_size: Optional[int] = None, png: bool = False, eps: Optional[float] = None, device=None, rank: Optional[int] = None,
              world_size: Optional[int] = None, progress: bool = True, log: Optional[Callable[[str], None]] = print,
-             on_shard: Optional[Callable[[int], None]] = None) -> GenerateResult:
+             on_shard: Optional[Callable[[int], None]] = None, precision: str = "fp32",
+             channels_last: bool = False) -> GenerateResult:
     """Draw ``num_samples`` samples of ``run`` (a ``scoresde.load`` result or a run directory) into
     the folder ``out_dir`` as shards (see the module docstring); resumes a folder made with the
     same settings. ``steps`` defaults to the run's ``sample.steps`` (ignored by adaptive samplers),
     ``eps`` to its ``sample.eps``; ``device`` to the run's. ``rank``/``world_size`` default to the
     RANK/WORLD_SIZE environment variables (torchrun's). ``log`` (rank 0 only) receives the notes
-    and the final line; ``on_shard(k)`` is called after shard k is published."""
+    and the final line; ``on_shard(k)`` is called after shard k is published. ``precision`` "bf16"
+    runs the network under bf16 autocast (the sampler stays float32; recorded in the folder's
+    settings), ``channels_last`` feeds an image network channels_last inputs (see
+    ``scoresde.precision``)."""
     from .options import accepted_keywords
+    from .precision import PRECISIONS, precision_score
     from .run import load
     from .sampling import ADAPTIVE, ADAPTIVE_METHODS, SAMPLERS, sample
     from .sampling._ode import Counter
@@ -242,6 +249,8 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
                          f"{', '.join(accepted_keywords(SAMPLERS[sampler])) or 'none'}")
     if "return_stats" in options:
         raise ValueError("option return_stats: not available when generating shards")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     rank = _env_int("RANK", 0) if rank is None else int(rank)
     world_size = _env_int("WORLD_SIZE", 1) if world_size is None else int(world_size)
     if world_size < 1 or not 0 <= rank < world_size:
@@ -280,6 +289,7 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
                   "samples: float32 (n, D); index: int64 sample indices",
         "seeds": f"sample i is drawn from seed {seed} + i",
     }
+    settings["precision"] = precision  # bf16 changes the samples (slightly): a resume must match
     main = rank == 0
     say = log if (main and log is not None) else (lambda text: None)
 
@@ -311,7 +321,7 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
             bar.n = sum(sizes[k] for k in _done_shards(out_dir, num_shards)) + partial
             bar.refresh()
 
-    counted = Counter(run.score_fn)
+    counted = Counter(precision_score(run.score_fn, precision, channels_last=channels_last))
     batches = 0
     t0 = time.perf_counter()
     try:

@@ -113,6 +113,7 @@ EXACT = {
         "test_repeats_average_k_independent_draws_and_the_se_is_over_images",
         "test_toy_points_batched_with_per_point_probes",
     },
+    "test_precision": {"test_bf16_network_samples_agree_with_fp32"},
     "test_sampler_distributions": ALL,
     "test_samplers": {
         "test_sampler_matches_exact_distribution", "test_reversible_heun_matches_exact_distribution",

@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--png", action="store_true", help="folder --out of an image run: also png/<index>.png per sample")
     s.add_argument("--device", default="auto",
                    help=device_help + "; under torchrun, auto/cuda/cuda:0 put each process on its LOCAL_RANK GPU")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the network's forward pass under bf16 autocast (bf16) or in float32 (default); the "
+                        "sampler's own arithmetic stays float32")
+    s.add_argument("--channels-last", action="store_true",
+                   help="image runs: the network's weights and inputs in channels_last memory format")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 

@@ -46,6 +46,14 @@ def cmd_sample(args) -> int:
         device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())
     main_rank = int(os.environ.get("RANK", "0")) == 0
     run = load(args.run_dir, device=device)
+    precision = getattr(args, "precision", "fp32")
+    channels_last = bool(getattr(args, "channels_last", False))
+    if channels_last:
+        if not _is_image_run(run):
+            raise ValueError("--channels-last: only for image runs (this run's samples are points of shape "
+                             f"{tuple(run.data_shape)})")
+        from ..precision import to_channels_last
+        to_channels_last(run.net)
     if adaptive:
         rtol, atol = _option_or_default(fn, options, "rtol"), _option_or_default(fn, options, "atol")
         if args.steps is not None and main_rank:
@@ -60,10 +68,11 @@ def cmd_sample(args) -> int:
         generate(run, args.num, out, sampler=args.sampler, steps=steps,
                  batch_size=args.batch_size or DEFAULT_BATCH_SIZE, seed=args.seed, options=options,
                  shard_size=args.shard_size, png=args.png, eps=run.config.sample.eps, device=device,
-                 progress=not args.quiet)
+                 progress=not args.quiet, precision=precision, channels_last=channels_last)
         return 0
     # NFE counted around the score on the host (no device sync): every sampler, denoising step included
-    counted = Counter(run.score_fn)
+    from ..precision import precision_score
+    counted = Counter(precision_score(run.score_fn, precision, channels_last=channels_last))
     g = torch.Generator(device=args.device).manual_seed(args.seed)
     t0 = time.perf_counter()
     with torch.no_grad():
