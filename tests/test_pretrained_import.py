@@ -179,10 +179,12 @@ def test_sample_likelihood_and_compare_run_on_an_imported_run(capsys, imported, 
     code, out, err = run_cli(capsys, "likelihood", imported, "--num-samples", "2", "--device", "cpu", "--quiet")
     assert code == 0, err
     assert "test: 2 images, bits/dim" in out
+    # without the [eval] extra an image run's default FID is one line naming it; --feature-net pixels
+    # scores the flattened images like the toys, offline
     code, out, err = run_cli(capsys, "compare", imported, "--sampler", "ddim", "--steps", "2", "--num-samples", "3",
-                             "--out", tmp_path / "cmp", "--device", "cpu", "--quiet")
+                             "--out", tmp_path / "cmp", "--device", "cpu", "--quiet", "--feature-net", "pixels")
     assert code == 0, err
-    assert (tmp_path / "cmp" / "compare.json").is_file()
+    assert (tmp_path / "cmp" / "compare.json").is_file() and "energy dist." in out
 
 
 @needs_ref

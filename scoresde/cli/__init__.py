@@ -179,11 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword for every selected sampler, e.g. --sampler ddim --option eta=0.5; each must "
                         "accept it (repeatable; default: none)")
-    c.add_argument("--feature-net", choices=("inception", "digits"), default=None,
+    c.add_argument("--feature-net", choices=("inception", "digits", "pixels"), default=None,
                    help="image runs: the feature space of the Fréchet distance each setting is scored by, "
                         "FID (inception: needs the [eval] extra and its weights) or FD-digits (the shipped "
-                        "digits classifier, offline) (default: digits for digits runs, inception for other "
-                        "image runs; toy runs take none)")
+                        "digits classifier, offline); pixels: no feature network, the energy distance and "
+                        "sliced W2 of the flattened images, as for the toys (default: digits for digits runs, "
+                        "inception for other image runs; toy runs take none)")
     c.add_argument("--inception-weights", default=None, metavar="PATH",
                    help="--feature-net inception: a local copy of torch-fidelity's Inception weights")
     c.add_argument("--out", help="output directory (default RUN_DIR/compare)")

@@ -178,8 +178,8 @@ def cmd_compare(args) -> int:
         raise ValueError(f"--inception-weights: only for --feature-net inception (not {feature_net})")
     run = load(args.run_dir, device=args.device)
     name = run.config.data.name
-    image = _is_image_run(run)
-    if not image and (feature_net is not None or weights is not None):
+    image = _is_image_run(run) and feature_net != "pixels"  # pixels: the toys' metrics on flattened images
+    if not _is_image_run(run) and (feature_net is not None or weights is not None):
         raise ValueError(f"--feature-net/--inception-weights: only for image runs ({name} is a toy run)")
     if image:  # the feature net first: a missing extra or weights fails before any sampling
         from .. import compare_images as ci
