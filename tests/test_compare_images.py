@@ -12,12 +12,11 @@ import torch
 from scoresde import compare as cmp
 from scoresde import compare_images as ci
 from scoresde.classifier import fd_digits
-from scoresde.config import from_dict
 from scoresde.data import unscale
 from scoresde.evaluate import digits_feature_net, evaluate
 from scoresde.run import load, load_data
-from scoresde.train import train
 from test_cli import assert_one_line_error, run_cli
+from conftest import tiny_digits_run
 
 NUM = 24
 
@@ -25,14 +24,7 @@ NUM = 24
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A 2-step U-Net run on 8x8 digits (1 x 8 x 8 images on [-1, 1])."""
-    workdir = str(tmp_path_factory.mktemp("digits") / "run")
-    raw = {"sde": {"type": "vp"}, "data": {"name": "digits"},
-           "model": {"name": "unet", "channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-                     "attn_resolutions": [], "dropout": 0.0},
-           "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "warmup": 1},
-           "sample": {"steps": 5}}
-    train(from_dict(raw), workdir, progress=False)
-    return workdir
+    return tiny_digits_run(tmp_path_factory)
 
 
 def test_fd_rows_and_floor_equal_direct_computation(digits):

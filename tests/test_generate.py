@@ -21,6 +21,7 @@ from scoresde.sampling.generators import SampleGenerators
 from scoresde.train import train
 
 from conftest import HANG_TIMEOUT, tiny_run
+from conftest import tiny_digits_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -36,14 +37,7 @@ def toy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A 2-step U-Net run on 8x8 digits (1 x 8 x 8 images on [-1, 1])."""
-    workdir = str(tmp_path_factory.mktemp("digits") / "run")
-    raw = {"sde": {"type": "vp"}, "data": {"name": "digits"},
-           "model": {"name": "unet", "channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-                     "attn_resolutions": [], "dropout": 0.0},
-           "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "warmup": 1},
-           "sample": {"steps": 5}}
-    train(from_dict(raw), workdir, progress=False)
-    return workdir
+    return tiny_digits_run(tmp_path_factory)
 
 
 def quiet(run, n, out, **kw):

@@ -18,6 +18,7 @@ from scoresde.nets import build_net
 from scoresde.precision import autocast_score, precision_score, to_channels_last
 
 from test_api import SyncGuard, _untouched
+from conftest import tiny_digits_run
 
 REL_TOL = 3e-3
 NETS = [("mlp", (2,), dict(hidden=64, depth=2)),
@@ -111,16 +112,8 @@ def test_no_host_sync_with_bf16_network():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from scoresde.config import from_dict
-    from scoresde.train import train
-    workdir = str(tmp_path_factory.mktemp("digits") / "run")
-    raw = {"sde": {"type": "vp"}, "data": {"name": "digits"},
-           "model": {"name": "unet", "channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-                     "attn_resolutions": [], "dropout": 0.0},
-           "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "warmup": 1},
-           "sample": {"steps": 5}}
-    train(from_dict(raw), workdir, progress=False)
-    return workdir
+    """A 2-step U-Net run on 8x8 digits (1 x 8 x 8 images on [-1, 1])."""
+    return tiny_digits_run(tmp_path_factory)
 
 
 def test_cli_bf16_and_channels_last(digits, tmp_path):

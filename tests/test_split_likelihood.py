@@ -18,6 +18,7 @@ from scoresde.split_likelihood import batched_likelihood, select_points, split_l
 from scoresde.train import train
 from test_cli import assert_one_line_error, run_cli
 from test_generate import ENV
+from conftest import tiny_digits_run
 
 #: a fixed-step solver: every point's ODE on the same grid, so batches cannot change the values
 RK = dict(method="rk4", steps=2)
@@ -28,14 +29,7 @@ ROUNDING = 1e-5
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A 2-step U-Net run on 8x8 digits (1 x 8 x 8 images on [-1, 1])."""
-    workdir = str(tmp_path_factory.mktemp("digits") / "run")
-    raw = {"sde": {"type": "vp"}, "data": {"name": "digits"},
-           "model": {"name": "unet", "channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-                     "attn_resolutions": [], "dropout": 0.0},
-           "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "warmup": 1},
-           "sample": {"steps": 5}}
-    train(from_dict(raw), workdir, progress=False)
-    return workdir
+    return tiny_digits_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
