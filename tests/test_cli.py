@@ -15,7 +15,8 @@ TINY_SETS = ["train.steps=20", "train.checkpoint_every=10", "train.log_every=10"
 
 
 def run_cli(capsys, *argv):
-    code = main(list(argv))
+    """main(argv) as a user types it (paths may be given as Path objects): (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -18,28 +18,11 @@ import scoresde as sd
 from scoresde import compare as C
 from scoresde import metrics, plot
 from scoresde.cli import main
+from test_cli import TINY_SETS, assert_one_line_error, run_cli
 from scoresde.sampling import SAMPLERS
 
 GM = sd.GaussianMixture(weights=[0.5, 0.5], means=[[-1.5, 0.0], [1.5, 0.0]], covs=[0.25, 0.25])
 PLANTED = sd.GaussianMixture(weights=[0.7, 0.3], means=[[-1.5, 0.0], [1.5, 0.0]], covs=[0.25, 0.25])
-
-
-#: a tiny run of the checkerboard config, as tests/test_cli.py trains one
-TINY_SETS = ["train.steps=20", "train.checkpoint_every=10", "train.log_every=10", "train.batch_size=64",
-             "data.n_train=1000", "model.hidden=32", "model.depth=2", "model.embed_dim=16"]
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, *needles):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def draws(mix, n, seed):

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import scoresde
 from scoresde import io
 from scoresde.cli import main
+from test_cli import run_cli
 from scoresde.pretrained import from_score_sde
 from scoresde.pretrained.score_sde import REFERENCE_CONFIGS, reference_config, run_config
 
@@ -27,12 +28,6 @@ FOLDERS = sorted(d.name for d in REF.iterdir() if (d / "checkpoint.pth").is_file
 #: how the slim reference checkpoints were made from the official configs (see their README)
 SMALL = ["--set", "nf=32", "--set", "ch_mult=[1,2]", "--set", "num_res_blocks=2"]
 needs_ref = pytest.mark.skipif(not FOLDERS, reason="tests/data/refckpt/ not present")
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(code, out, err, *needles):

@@ -12,12 +12,7 @@ from conftest import tiny_run
 from scoresde import io
 from scoresde.config import load_config, resolve_config
 from scoresde.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_cli import run_cli
 
 
 def lines(text):
