@@ -89,6 +89,19 @@ def strip_no_grad(package: Path) -> None:
             path.write_text(stripped)
 
 
+def no_tqdm_monitor(conftest: Path) -> None:
+    """Give tqdm, in the workspace's tests, no monitor thread and a per-process lock. mutmut forks each
+    mutant's worker from a process that has already run the tests. tqdm's default lock includes a
+    multiprocessing semaphore shared by every forked worker (one killed while holding it blocks the
+    rest), and its monitor thread may hold the lock at the moment of a fork. Either way a worker's
+    first progress bar waits forever: a sleeping process, which a CPU-time limit never times out."""
+    with conftest.open("a") as f:
+        f.write("\n\nimport threading  # added by mutation/run.py (no_tqdm_monitor)\n"
+                "import tqdm.std\n"
+                "tqdm.std.tqdm.monitor_interval = 0\n"
+                "tqdm.std.tqdm.set_lock(threading.RLock())\n")
+
+
 def prepare_workspace(name: str, spec: dict, fresh: bool, isolation: str | None = None) -> tuple[Path, list[str]]:
     ws = WORK / name
     if fresh and ws.exists():
@@ -100,6 +113,7 @@ def prepare_workspace(name: str, spec: dict, fresh: bool, isolation: str | None 
             shutil.rmtree(ws / sub)
         shutil.copytree(ROOT / sub, ws / sub, ignore=IGNORE)
     strip_no_grad(ws / "scoresde")
+    no_tqdm_monitor(ws / "tests" / "conftest.py")
     tests = []
     extra = f"tests/test_mutants_{name}.py"  # the tests written to kill this module's survivors
     for t in spec["tests"] + ([extra] if extra not in spec["tests"] and (ROOT / extra).exists() else []):

@@ -1,5 +1,5 @@
 """scoresde: continuous-time score-based generative models (Song et al., ICLR 2021)."""
-from . import analytic, data, losses, metrics, nets, run, sampling, train
+from . import analytic, data, guidance, losses, metrics, nets, run, sampling, train
 from ._checks import NonFiniteError
 from .analytic import GaussianMixture
 from .losses import ddpm_loss, dsm_loss, smld_loss

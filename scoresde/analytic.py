@@ -27,6 +27,18 @@ def _as_tensor(value, name: str) -> Tensor:
         raise ValueError(f"{name} must be numeric (a tensor or nested sequence of numbers): {e}") from None
 
 
+def _labels(y, batch: int, num_classes: int) -> Tensor:
+    """y as a (batch,) int64 tensor of component indices (an int is every row's)."""
+    if isinstance(y, int) and not isinstance(y, bool):
+        y = torch.full((batch,), y, dtype=torch.long)
+    if not torch.is_tensor(y) or y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (batch,):
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if torch.is_tensor(y) else repr(y)
+        raise ValueError(f"y must be an int or an integer tensor of shape ({batch},), got {got}")
+    if y.device.type == "cpu" and ((y < 0) | (y >= num_classes)).any():  # no host sync on an accelerator
+        raise ValueError(f"y must hold class indices in [0, {num_classes}), got {y.tolist()}")
+    return y.long()
+
+
 class GaussianMixture:
     """A mixture of K Gaussians in D dimensions with exact density and score under any SDE here.
 
@@ -67,7 +79,11 @@ class GaussianMixture:
         self.weights = w / w.sum()
         self.means = mu
         self.covs = S
-        self._lam = lam.clamp(min=0)
+        # eigenvalues within eigh's round-off (a small multiple of eps ||S||) are zero, e.g. the
+        # observed directions of a noiseless posterior (`condition`): its draws then satisfy the
+        # observation exactly
+        round_off = 64 * torch.finfo(torch.float64).eps * (1 + lam.abs().max())
+        self._lam = torch.where(lam > round_off, lam, 0.0)
         self._singular = bool((self._lam == 0).any())
         self._U = U
         self._cache = {}
@@ -153,6 +169,85 @@ class GaussianMixture:
         x = self.means[kc] + torch.einsum("nde,ne->nd", L[kc], z.cpu())
         x = x.to(device=device if device is not None else gdev, dtype=dtype)
         return (x, k.to(x.device)) if return_components else x
+
+    # ---- exact conditionals (the component is the class) -------------------------------------
+
+    def class_log_prob(self, x: Tensor, t: TimeLike, sde: SDE) -> Tensor:
+        """log p_t(k | x_t) = log w_k N(x_t; alpha mu_k, C_k(t)) - log p_t(x_t), shape (B, K): the
+        exact noisy classifier of classifier guidance, with the component as the class."""
+        xf = self._flat(x)
+        return torch.log_softmax(self._terms(xf, *self._coeffs(xf, t, sde))[0], dim=1)
+
+    def class_score(self, x: Tensor, t: TimeLike, sde: SDE, y: Optional[Tensor]) -> Tensor:
+        """∇_x log p_t(x | k = y) = -C_y(t)^{-1} (x - alpha mu_y) for each row's class y (a (B,) tensor
+        of component indices); with y None the mixture's score ``score``."""
+        if y is None:
+            return self.score(x, t, sde)
+        xf = self._flat(x)
+        y = _labels(y, xf.shape[0], self.num_components)
+        y = y.to(xf.device)
+        prec_r = self._terms(xf, *self._coeffs(xf, t, sde))[1]                # (B, K, D)
+        return -prec_r[torch.arange(xf.shape[0], device=xf.device), y].reshape(x.shape)
+
+    def class_score_fn(self, sde: SDE):
+        """The exact conditional score as ``cond_score_fn(x, t, y)`` (y None: unconditional), the
+        signature ``scoresde.guidance.classifier_free`` takes."""
+        def cond_score_fn(x: Tensor, t: TimeLike, y: Optional[Tensor] = None) -> Tensor:
+            return self.class_score(x, t, sde, y)
+        return cond_score_fn
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component k alone, as a mixture of one: the exact class-conditional p_0(x | k)."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_components:
+            raise ValueError(f"k must be an integer in [0, {self.num_components}), got {k!r}")
+        return GaussianMixture(self.weights.new_ones(1), self.means[k:k + 1], self.covs[k:k + 1])
+
+    def condition(self, A, y, noise_std: float = 0.0) -> "GaussianMixture":
+        """The exact posterior p_0(x | A x + n = y), n ~ N(0, noise_std^2 I), for one observation y (M,)
+        of a linear map A (M, D): again a Gaussian mixture, with (G_k = A S_k A^T + noise_std^2 I,
+        K_k = S_k A^T G_k^{-1})
+
+            w_k' ∝ w_k N(y; A mu_k, G_k),   mu_k' = mu_k + K_k (y - A mu_k),   S_k' = S_k - K_k A S_k.
+
+        An inpainting mask is a row selection (``A = torch.eye(D)[mask]``); colorization observes the
+        gray projection. ``.score_fn(sde)`` of the result is the exact conditional score
+        ∇ log p_t(x_t | y). For a batch of observations, condition once per y. With noise_std = 0 the
+        posterior is degenerate (zero variance along the rows of A), which sampling and the score at
+        t > 0 handle; G_k must be non-singular (A of full row rank on every component)."""
+        A = _as_tensor(A, "A")
+        if A.dim() == 1:
+            A = A[None]
+        if A.dim() != 2 or A.shape[1] != self.dim or A.shape[0] == 0:
+            raise ValueError(f"A must have shape (M, {self.dim}) with M >= 1, got {tuple(A.shape)}")
+        y = _as_tensor(y, "y").reshape(-1)
+        if y.numel() != A.shape[0]:
+            raise ValueError(f"y must have {A.shape[0]} entries (one per row of A), got shape {tuple(y.shape)}: "
+                             "condition takes a single observation")
+        if not (isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool)
+                and math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        if not torch.isfinite(A).all() or not torch.isfinite(y).all():
+            raise ValueError("A and y must be finite")
+        S, mu = self.covs, self.means
+        SAt = S @ A.T                                                         # (K, D, M)
+        G = A @ SAt + noise_std ** 2 * torch.eye(A.shape[0], dtype=torch.float64)
+        ev = torch.linalg.eigvalsh(G)                                         # ascending, (K, M)
+        bad = ev[:, 0] <= 1e-12 * ev[:, -1]
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            raise ValueError(f"the observation is degenerate under component {k}: A S_k A^T + noise_std^2 I is "
+                             "singular (rows of A dependent, or observing a zero-variance direction): "
+                             "use noise_std > 0 or independent rows")
+        L = torch.linalg.cholesky(G)
+        r = y[None] - mu @ A.T                                                # (K, M)
+        Ginv_r = torch.cholesky_solve(r[..., None], L)[..., 0]
+        log_lik = -0.5 * ((r * Ginv_r).sum(-1) + 2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+                          + A.shape[0] * math.log(2 * math.pi))
+        logits = self.weights.log() + log_lik
+        mean = mu + (SAt @ Ginv_r[..., None])[..., 0]
+        cov = S - SAt @ torch.cholesky_solve(SAt.transpose(1, 2), L)
+        cov = 0.5 * (cov + cov.transpose(1, 2))  # exact symmetry; round-off only
+        return GaussianMixture(torch.softmax(logits, 0), mean, cov)
 
     def classify(self, x: Tensor) -> Tensor:
         """Index of the most responsible component under p_0 for each point (for mode-weight checks)."""

@@ -17,6 +17,16 @@ EXACT = {
         "test_convolution_by_quadrature_1d", "test_score_is_gradient_of_log_prob_t", "test_score_image_shaped_data",
         "test_score_float32", "test_sample_moments", "test_classify",
     },
+    "test_analytic_conditionals": {
+        "test_class_log_prob_is_bayes_rule_on_the_noisy_components",
+        "test_class_score_is_the_gradient_of_the_component_density", "test_component_is_that_gaussian_alone",
+        "test_condition_is_bayes_rule_pointwise", "test_noiseless_inpainting_posterior_is_the_partitioned_gaussian",
+        "test_condition_moves_the_mode_weights_towards_the_observed_component",
+    },
+    "test_guidance": {
+        "test_guided_score_is_its_formula", "test_scale_1_samples_the_exact_class",
+        "test_scale_0_samples_the_whole_mixture", "test_classifier_gradient_leaves_no_graph_and_works_under_no_grad",
+    },
     "test_api": {
         "test_timesteps_use_exact_chain_times", "test_timesteps_full_small_chain",
         "test_explicit_schedule_is_used_exactly", "test_builtin_grid_endpoints_and_order",
