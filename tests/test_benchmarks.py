@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("overhead.py", "overhead_mlp_unet_cpu_quick"),
     ("likelihood.py", "likelihood_gmm_mlp_unet_cpu_quick"),
     ("train_throughput.py", "train_throughput_mlp_cpu_quick"),
+    ("inverse_problems.py", "inverse_problems_quick"),
 ])
 def test_benchmark_quick_run_writes_its_results(tmp_path, script, stem):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--threads", "1",

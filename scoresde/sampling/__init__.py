@@ -12,6 +12,9 @@ depend on the batch it is drawn in. Every sampler draws through ``_loop.randn_li
 of a batch by design: ``predictor_corrector``'s "langevin" corrector (step size from batch-averaged
 norms) and ``probability_flow`` with an adaptive method (one step size per batch).
 ``scoresde.generate`` draws many samples this way, sample i from seed + i.
+
+Inverse problems (``inverse``): ``inpaint`` and ``colorize`` run any sampler on an observation;
+the fixed-grid samplers take a per-step hook ``project(k, x, t_next) -> x`` for that (``_loop.run``).
 """
 import torch
 
@@ -20,6 +23,7 @@ from .dpm_solver import dpm_solver
 from .grids import SCHEDULES, Grid, logsnr, make_grid, time_grid
 from .heun import heun
 from .implicit import ddim
+from .inverse import colorize, inpaint
 from .odeint import ADAPTIVE_METHODS, probability_flow
 from .sdeint import reverse_sde
 from .stochastic import CORRECTORS, PREDICTORS, ancestral, euler_maruyama, predictor_corrector
@@ -51,6 +55,6 @@ def sample(name, score_fn, sde, shape, *, steps=None, eps=1e-3, generator=None, 
 __all__ = [
     "sample", "SAMPLERS",
     "euler_maruyama", "predictor_corrector", "ancestral", "probability_flow", "reverse_sde", "ddim",
-    "dpm_solver", "heun", "adaptive_sde", "AdaptiveStats",
+    "dpm_solver", "heun", "adaptive_sde", "AdaptiveStats", "inpaint", "colorize",
     "time_grid", "make_grid", "Grid", "logsnr", "SCHEDULES", "PREDICTORS", "CORRECTORS",
 ]

@@ -12,6 +12,11 @@ Most samplers take steps of the form
 with scalar A_k, B_k, C_k that depend only on the grid (Euler–Maruyama, reverse diffusion, DDPM
 ancestral, DDIM). They differ only in those coefficient tables (``LinearSteps``). Multi-stage and
 multistep solvers (Heun, DPM-Solver) build their own steps in their modules.
+
+``run`` also takes an optional per-step hook ``project(k, x, t_{k+1}) -> x``, called once after
+step k (after every stage of a multi-stage step, never between them) with x at t_{k+1}; its
+return value replaces x before the corrector and step k+1 see it. It is how inverse problems
+(``inverse.inpaint``, ``inverse.colorize``) enforce an observation at every noise level.
 """
 from __future__ import annotations
 
@@ -71,6 +76,8 @@ class LinearSteps:
 Step = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 #: corrector(k, x, t_k) -> x, applied at t_k before the step
 Corrector = Callable[[int, Tensor, Tensor], Tensor]
+#: project(k, x, t_{k+1}) -> x, applied after step k (t_{k+1} of shape (B,) on x's device)
+Project = Callable[[int, Tensor, Tensor], Tensor]
 
 
 def linear_stepper(score: Callable, steps: LinearSteps, generator: Optional[torch.Generator]) -> Step:
@@ -85,8 +92,17 @@ def linear_stepper(score: Callable, steps: LinearSteps, generator: Optional[torc
 
 
 def run(score: Callable, grid: Grid, step: Step, x: Tensor, *, denoise: bool, progress: bool, desc: str,
-        corrector: Optional[Corrector] = None) -> Tensor:
-    """Run the grid's steps (optionally with a corrector before each), then denoise at t_n."""
+        corrector: Optional[Corrector] = None, project: Optional[Project] = None) -> Tensor:
+    """Run the grid's steps, then denoise at t_n. For k = 0 .. n-1:
+
+        x <- corrector(k, x, t_k)                 (if given)
+        x <- step(k, x, t_k, t_{k+1})
+        x <- project(k, x, t_{k+1})               (if given)
+
+    so ``project`` is called exactly n times, after each full step (all its stages), with x at
+    t_{k+1} and t_{k+1} as a (B,) tensor on x's device; the last call (k = n-1, t_n = eps) comes
+    before the Tweedie step of ``denoise``. Its return value replaces x; it must not read the
+    device (no ``.item()``), as nothing else in the loop does."""
     ts = device_times(grid, x)
     B = x.shape[0]
     end = float(grid.alpha[-1]), float(grid.sigma[-1])  # read before the loop, not after it
@@ -94,7 +110,10 @@ def run(score: Callable, grid: Grid, step: Step, x: Tensor, *, denoise: bool, pr
         t = ts[k].expand(B)
         if corrector is not None:
             x = corrector(k, x, t)
-        x = step(k, x, t, ts[k + 1].expand(B))
+        t_next = ts[k + 1].expand(B)
+        x = step(k, x, t, t_next)
+        if project is not None:
+            x = project(k, x, t_next)
     if denoise:
         x = tweedie(score, x, ts[-1].expand(B), *end)
     return _checks.finite_result(x, desc)
@@ -102,9 +121,10 @@ def run(score: Callable, grid: Grid, step: Step, x: Tensor, *, denoise: bool, pr
 
 def run_linear(score: Callable, grid: Grid, steps: LinearSteps, x: Tensor, *, denoise: bool,
                generator: Optional[torch.Generator], progress: bool, desc: str,
-               corrector: Optional[Corrector] = None) -> Tensor:
+               corrector: Optional[Corrector] = None, project: Optional[Project] = None) -> Tensor:
+    """``run`` with the step x_{k+1} = A_k x_k + B_k score + C_k z of ``steps`` (``project`` as in ``run``)."""
     return run(score, grid, linear_stepper(score, steps, generator), x, denoise=denoise, progress=progress,
-               desc=desc, corrector=corrector)
+               desc=desc, corrector=corrector, project=project)
 
 
 # ---- coefficient tables of the linear samplers (float64, one entry per step) -------------------

@@ -226,7 +226,7 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
                predict: str = "x0", solver_type: str = "midpoint", lower_order_final: bool = True,
                corrector: bool = False, eps: float = 1e-3, schedule: Schedule = "logsnr",
                timesteps=None, denoise: bool = True, generator: Optional[torch.Generator] = None,
-               progress: bool = False) -> Tensor:
+               progress: bool = False, project: Optional[_loop.Project] = None) -> Tensor:
     """DPM-Solver (``predict="eps"``) or DPM-Solver++ (``predict="x0"``, the default) of ``order``
     1–3 on the probability-flow ODE from T to eps (see the module docstring for the update).
 
@@ -263,6 +263,15 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
     point is known, the point is recomputed by the same exponential update with that prediction as
     an extra interpolation node (exponential Adams–Moulton, the exact integral), raising the order
     by one.
+
+    ``project``: optional per-step hook ``project(k, x, t_next) -> x``, called after step k (after
+    all stages of a singlestep step) with x at t_{k+1} (see ``_loop.run``); its result replaces x.
+    The multistep solver keeps its history of predictions: each was made at a point as projected
+    then, and the next step combines them with the projected x_{k+1}, so the interpolant mixes
+    predictions from before and after later projections (the price of one NFE per step; a
+    projection that moves x little, like re-noising observed values, hardly disturbs it).
+    ``corrector=True`` does not take ``project``: it recomputes x_{k+1} from x_k after the fact and
+    would undo the projection of x_{k+1}.
     """
     _checks.choice(_checks.positive_int(order, "order"), "order", (1, 2, 3))
     _checks.choice(predict, "predict", PREDICTIONS)
@@ -272,6 +281,9 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
         raise ValueError("timesteps (discrete chain indices) needs multistep=True: singlestep stages fall between them")
     if corrector and not multistep:
         raise ValueError("corrector needs multistep=True: it reuses the next step's prediction")
+    if corrector and project is not None:
+        raise ValueError("project needs corrector=False: the corrector recomputes each point from the previous "
+                         "one after the step and would undo the projection")
     score = _checks.score_function(score_fn)
     x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule, timesteps)
@@ -281,4 +293,4 @@ def dpm_solver(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 20, order: int =
                                  final_zero_step=bool(denoise) and timesteps is not None)
     else:
         step = singlestep_stepper(score, sde, grid, x, order, predict, solver_type)
-    return _loop.run(score, grid, step, x, denoise=denoise, progress=progress, desc="dpm_solver")
+    return _loop.run(score, grid, step, x, denoise=denoise, progress=progress, desc="dpm_solver", project=project)

@@ -69,13 +69,18 @@ def heun_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, generator:
 @torch.no_grad()
 def heun(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 18, eps: float = 1e-3, schedule: Schedule = "karras",
          churn: float = 0.0, churn_min: float = 0.0, churn_max: float = math.inf, churn_noise: float = 1.0,
-         denoise: bool = True, generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
+         denoise: bool = True, generator: Optional[torch.Generator] = None, progress: bool = False,
+         project: Optional[_loop.Project] = None) -> Tensor:
     """EDM's Heun sampler of the probability-flow ODE (see the module docstring), 2 NFE per step
     (plus one for ``denoise``), on the Karras rho = 7 grid by default.
 
     ``churn`` = 0 (default) is the deterministic second-order solver. ``churn`` > 0 is EDM's
     stochastic sampler (S_churn, with S_tmin, S_tmax, S_noise as ``churn_min``, ``churn_max``,
     ``churn_noise``, in units of s = sigma / alpha); it then uses ``generator``.
+
+    ``project``: optional per-step hook ``project(k, x, t_next) -> x``, called after the whole Heun
+    step k (churn, Euler stage and correction) with x at t_{k+1} (see ``_loop.run``); its result
+    replaces x.
     """
     churn = _checks.number(churn, "churn", 0.0, math.inf, closed=True)
     churn_min = _checks.number(churn_min, "churn_min", 0.0, math.inf, closed=True)
@@ -87,4 +92,4 @@ def heun(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 18, eps: float = 1e-3,
     x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule)
     step = heun_stepper(score, sde, grid, x, generator, churn, churn_min, churn_max, churn_noise)
-    return _loop.run(score, grid, step, x, denoise=denoise, progress=progress, desc="heun")
+    return _loop.run(score, grid, step, x, denoise=denoise, progress=progress, desc="heun", project=project)

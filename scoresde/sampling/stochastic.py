@@ -28,23 +28,27 @@ VARIANCES = ("beta", "posterior")
 @torch.no_grad()
 def euler_maruyama(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, eps: float = 1e-3,
                    schedule: Schedule = "uniform", denoise: bool = True,
-                   generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
+                   generator: Optional[torch.Generator] = None, progress: bool = False,
+                   project: Optional[_loop.Project] = None) -> Tensor:
     """Euler–Maruyama on the reverse SDE dx = [f - g^2 score] dt + g dw̄ from T to eps.
 
     Step t_k -> t_{k+1}, h = t_k - t_{k+1}:  x <- x - [f(x, t_k) - g(t_k)^2 score(x, t_k)] h + g(t_k) sqrt(h) z.
+
+    ``project``: optional per-step hook ``project(k, x, t_next) -> x``, called after step k with x at
+    t_{k+1} (before the ``denoise`` step; see ``_loop.run``); its result replaces x.
     """
     score = _checks.score_function(score_fn)
     x = _checks.batch(x_T)
     grid = make_grid(sde, steps, eps, schedule)
     return _loop.run_linear(score, grid, _loop.euler_maruyama_steps(sde, grid), x, denoise=denoise,
-                            generator=generator, progress=progress, desc="euler_maruyama")
+                            generator=generator, progress=progress, desc="euler_maruyama", project=project)
 
 
 @torch.no_grad()
 def ancestral(score_fn, sde: SDE, x_T: Tensor, *, steps: Optional[int] = None, eps: float = 1e-3,
               timesteps=None, variance: Optional[str] = None, schedule: Schedule = "uniform",
               denoise: bool = True, generator: Optional[torch.Generator] = None,
-              progress: bool = False) -> Tensor:
+              progress: bool = False, project: Optional[_loop.Project] = None) -> Tensor:
     """Ancestral sampling of the discretized reverse chain: DDPM for VP / sub-VP, SMLD for VE.
 
     Each step draws x_{k+1} ~ N((x_k + b_k^2 score) / a_k, v_k^2 I), where x_k = a_k x_{k+1} + b_k z is
@@ -55,6 +59,9 @@ def ancestral(score_fn, sde: SDE, x_T: Tensor, *, steps: Optional[int] = None, e
     ``timesteps`` (descending chain indices, e.g. ``range(N - 1, -1, -1)``) runs the discrete chain
     itself: with all N indices on a VPSDE this *is* DDPM's Algorithm 2, the final noiseless step
     being the denoising step. Otherwise a continuous grid of ``steps`` (default N) steps is used.
+
+    ``project``: optional per-step hook ``project(k, x, t_next) -> x``, called after step k with x at
+    t_{k+1} (before the ``denoise`` step; see ``_loop.run``); its result replaces x.
     """
     score = _checks.score_function(score_fn)
     x = _checks.batch(x_T)
@@ -63,7 +70,7 @@ def ancestral(score_fn, sde: SDE, x_T: Tensor, *, steps: Optional[int] = None, e
     _checks.choice(variance, "variance", VARIANCES)
     grid = make_grid(sde, sde.N if steps is None else steps, eps, schedule, timesteps)
     return _loop.run_linear(score, grid, _loop.ancestral_steps(grid, variance), x, denoise=denoise,
-                            generator=generator, progress=progress, desc="ancestral")
+                            generator=generator, progress=progress, desc="ancestral", project=project)
 
 
 def _dpm_solver_step(score, sde, grid, x, generator, order=2, multistep=False, predict="x0"):
@@ -102,7 +109,8 @@ def predictor_corrector(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, e
                         predictor: Optional[str] = "reverse_diffusion", corrector: Optional[str] = "langevin",
                         snr: float = 0.16, corrector_steps: int = 1, predictor_options: Optional[dict] = None,
                         schedule: Schedule = "uniform", denoise: bool = True,
-                        generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
+                        generator: Optional[torch.Generator] = None, progress: bool = False,
+                        project: Optional[_loop.Project] = None) -> Tensor:
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1), any predictor with any corrector.
 
     At each grid time t_k: ``corrector_steps`` Langevin steps targeting p_{t_k}, then one predictor
@@ -118,6 +126,11 @@ def predictor_corrector(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, e
       - None.
     NFE per step: the predictor's (1, or 2 for heun, ``order`` for singlestep dpm_solver) plus
     ``corrector_steps``.
+
+    ``project``: optional per-step hook ``project(k, x, t_next) -> x``, called after predictor step
+    k with x at t_{k+1}, so the corrector at t_{k+1} already sees its result (see ``_loop.run``).
+    With a multistep "dpm_solver" predictor the history holds predictions made at the projected
+    points.
     """
     _checks.choice(predictor, "predictor", tuple(PREDICTORS))
     _checks.choice(corrector, "corrector", CORRECTORS)
@@ -155,4 +168,4 @@ def predictor_corrector(score_fn, sde: SDE, x_T: Tensor, *, steps: int = 1000, e
             return x
 
     return _loop.run(score, grid, pred, x, denoise=denoise, progress=progress, desc="predictor_corrector",
-                     corrector=corr)
+                     corrector=corr, project=project)
