@@ -68,9 +68,11 @@ FORMAT = "scoresde-samples/1"
 SHARD_PATTERN = re.compile(r"^shard_(\d{6,})\.npz$")
 #: settings that decide the samples: a restart must repeat them
 IDENTITY = ("checkpoint", "step", "sampler", "options", "steps", "eps", "seed", "num_samples", "shard_size",
-            "png", "data_shape", "data_range", "batch_size", "precision")
+            "png", "data_shape", "data_range", "batch_size", "precision", "guidance", "classes", "guidance_scale",
+            "classifier", "classifier_step")
 # what a metadata file written before a key existed meant by its absence
-_IDENTITY_DEFAULTS = {"precision": "fp32"}
+_IDENTITY_DEFAULTS = {"precision": "fp32", "guidance": None, "classes": None, "guidance_scale": None,
+                      "classifier": None, "classifier_step": None}
 
 
 def shard_name(k: int) -> str:
@@ -216,7 +218,7 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
              shard_size: Optional[int] = None, png: bool = False, eps: Optional[float] = None, device=None, rank: Optional[int] = None,
              world_size: Optional[int] = None, progress: bool = True, log: Optional[Callable[[str], None]] = print,
              on_shard: Optional[Callable[[int], None]] = None, precision: str = "fp32",
-             channels_last: bool = False) -> GenerateResult:
+             channels_last: bool = False, guidance=None) -> GenerateResult:
     """Draw ``num_samples`` samples of ``run`` (a ``scoresde.load`` result or a run directory) into
     the folder ``out_dir`` as shards (see the module docstring); resumes a folder made with the
     same settings. ``steps`` defaults to the run's ``sample.steps`` (ignored by adaptive samplers),
@@ -225,7 +227,9 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
     and the final line; ``on_shard(k)`` is called after shard k is published. ``precision`` "bf16"
     runs the network under bf16 autocast (the sampler stays float32; recorded in the folder's
     settings), ``channels_last`` feeds an image network channels_last inputs (see
-    ``scoresde.precision``)."""
+    ``scoresde.precision``). ``guidance`` (a ``scoresde.cli.guided.Guidance``: classifier-free or
+    classifier guidance towards the classes of sample i, ``classes[i mod len]``) replaces the run's
+    score batch by batch and is recorded in the folder's settings."""
     from .options import accepted_keywords
     from .precision import PRECISIONS, precision_score
     from .run import load
@@ -260,6 +264,8 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
 
     if isinstance(run, (str, os.PathLike)):
         run = load(os.fspath(run), device=device or "cpu")
+    if getattr(run, "objective", "score") != "score":
+        raise ValueError(f"run {run.path}: a noisy-classifier run (train.objective {run.objective}) draws no samples")
     if device is None:
         params = list(run.net.parameters())
         device = params[0].device if params else torch.device("cpu")
@@ -290,6 +296,9 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
         "seeds": f"sample i is drawn from seed {seed} + i",
     }
     settings["precision"] = precision  # bf16 changes the samples (slightly): a resume must match
+    settings.update(guidance=None, classes=None, guidance_scale=None, classifier=None, classifier_step=None)
+    if guidance is not None:
+        settings.update(guidance.settings())
     main = rank == 0
     say = log if (main and log is not None) else (lambda text: None)
 
@@ -331,6 +340,8 @@ def generate(run, num_samples: int, out_dir: str, *, sampler: str = "probability
             for s in range(a, b, batch):
                 e = min(s + batch, b)
                 gens = SampleGenerators.range(seed, s, e, device)
+                if guidance is not None:  # the classes of samples s .. e - 1, whatever the batching
+                    counted.score = guidance.score_fn(run, s, e, device, precision, channels_last)
                 with torch.no_grad():
                     x = sample(sampler, counted, run.sde, (e - s,) + tuple(run.data_shape), steps=steps, eps=eps,
                                generator=gens, device=device, dtype=torch.float32, progress=False, **options)

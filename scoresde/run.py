@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 
 from . import io
 from .config import Config, from_dict, missing_data_root
 from .data import load_dataset
-from .nets import build_net
-from .score import ScoreModel
+from .nets import build_classifier, build_net
+from .score import NoisyClassifier, ScoreModel
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 
@@ -47,6 +47,15 @@ def build_score_model(cfg: Config, sde: SDE, data_shape) -> ScoreModel:
                       conditioning=cfg.model.get("conditioning"))
 
 
+def build_model(cfg: Config, sde: SDE, data_shape) -> Union[ScoreModel, NoisyClassifier]:
+    """What the run trains: its ScoreModel (train.objective "score"), or for train.objective
+    "classifier" a NoisyClassifier over the encoder of model.name (logits of model.num_classes)."""
+    if cfg.train.objective == "classifier":
+        net = build_classifier(cfg.model["name"], tuple(data_shape), **cfg.net_kwargs)
+        return NoisyClassifier(net, sde, conditioning=cfg.model.get("conditioning"))
+    return build_score_model(cfg, sde, data_shape)
+
+
 def resolve_device(name, local_rank: int = 0, what: str = "device") -> torch.device:
     """"auto" (CUDA when present, else the CPU), "cpu", "cuda" (GPU ``local_rank``, the one torchrun
     gives this process) or an explicit "cuda:K"; ``what`` names the argument in errors."""
@@ -72,16 +81,35 @@ def resolve_device(name, local_rank: int = 0, what: str = "device") -> torch.dev
 
 @dataclass
 class LoadedRun:
-    """A trained model ready for sampling: ``net`` holds the EMA weights in eval mode."""
+    """A trained model ready for sampling: ``net`` holds the EMA weights in eval mode.
+
+    A score run has ``score_fn`` (its ScoreModel); a class-conditional one (``num_classes`` K > 0)
+    also ``cond_score_fn(x, t, y)``, y None the unconditional score. A noisy-classifier run
+    (``objective`` "classifier") has no score (``score_fn`` None) but ``classifier_logp(x, t)`` ->
+    (B, K) log p_t(y | x), and ``classifier``, its NoisyClassifier."""
 
     net: torch.nn.Module
     sde: SDE
-    score_fn: ScoreModel
+    score_fn: Optional[ScoreModel]
     config: Config
     step: int
     data_shape: tuple
     data_range: tuple
     path: str
+    objective: str = "score"
+    num_classes: int = 0
+    cond_score_fn: Optional[Callable] = None
+    classifier: Optional[NoisyClassifier] = None
+    classifier_logp: Optional[Callable] = None
+
+
+def require_objective(run: LoadedRun, objective: str, what: str) -> None:
+    """A ValueError naming ``what`` (e.g. "scoresde sample RUN") unless ``run`` trained ``objective``."""
+    if run.objective != objective:
+        kind = "a noisy-classifier run (train.objective classifier)" if run.objective == "classifier" \
+            else "a score run"
+        need = "a score model" if objective == "score" else "a noisy classifier (train.objective classifier)"
+        raise ValueError(f"{what}: {run.path} is {kind}; this needs {need}")
 
 
 def _with_run_data_root(raw: dict, run_dir: str) -> dict:
@@ -130,12 +158,15 @@ def load(path: str, device="cpu") -> LoadedRun:
     if "ema" not in tensors:
         raise io.CheckpointError(f"{ckpt}: no ema.safetensors")
     sde = build_sde(cfg)
-    model = build_score_model(cfg, sde, data_shape)
+    model = build_model(cfg, sde, data_shape)
     try:
         model.net.load_state_dict(tensors["ema"])
     except RuntimeError as e:
         raise io.CheckpointError(f"{ckpt}/ema.safetensors: does not fit the configured network "
                                  f"({' '.join(str(e).split())[:300]})") from None
     model = model.to(resolve_device(device or "cpu")).eval()
-    return LoadedRun(net=model.net, sde=sde, score_fn=model, config=cfg, step=meta["step"],
-                     data_shape=data_shape, data_range=data_range, path=ckpt)
+    common = dict(net=model.net, sde=sde, config=cfg, step=meta["step"], data_shape=data_shape,
+                  data_range=data_range, path=ckpt, objective=cfg.train.objective, num_classes=model.num_classes)
+    if isinstance(model, NoisyClassifier):
+        return LoadedRun(score_fn=None, classifier=model, classifier_logp=model.classifier_logp, **common)
+    return LoadedRun(score_fn=model, cond_score_fn=model.cond_score_fn if model.num_classes else None, **common)

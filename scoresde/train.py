@@ -9,6 +9,12 @@ steps s+1, s+2, ... as one that never stopped (on CPU; GPU kernels may be non-de
 Data parallelism: under ``torchrun`` every rank draws the same global batch from the stream and
 trains on its own slice ``batch[rank::world]``; DDP averages the gradients, so the weights stay
 identical on all ranks. Rank 0 writes checkpoints, metrics and snapshots.
+
+What is trained (``train.objective``): a score model by ``train.loss`` (with ``model.num_classes`` > 0 a
+class-conditional one, on (image, label) batches whose labels are replaced by the null class with
+probability ``train.label_dropout``, drawn from the step's generator: classifier-free guidance), or a
+time-dependent classifier by ``noisy_classifier_loss`` (classifier guidance). The loop, EMA,
+checkpoints, resume and DDP are the same for both.
 """
 from __future__ import annotations
 
@@ -30,9 +36,9 @@ from tqdm.auto import tqdm
 from . import io
 from .config import Config, save_config
 from .data import BatchStream
-from .losses import LOSSES
+from .losses import LOSSES, drop_labels, noisy_classifier_loss
 from .resume import FROZEN, frozen_part
-from .run import build_score_model, build_sde, load_data, resolve_device
+from .run import build_model, build_sde, load_data, resolve_device
 from .score import ScoreModel
 
 
@@ -125,12 +131,16 @@ class Trainer:
         self.dataset = load_data(cfg, "train", n=cfg.data.n_train, generator=torch.Generator().manual_seed(t.seed))
         self.sde = build_sde(cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.model = build_score_model(cfg, self.sde, self.dataset.shape).to(self.device)
+        self.model = build_model(cfg, self.sde, self.dataset.shape).to(self.device)
         self.net = self.model.net
         self.ema = AveragedModel(self.net, multi_avg_fn=self._ema_update, use_buffers=True)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=t.lr, foreach=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, t))
-        self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip)
+        # labels travel with the images for a conditional score model and for a classifier (the
+        # config checks guarantee the data set has them)
+        self.num_classes = self.model.num_classes
+        self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip,
+                                  labels=self.num_classes > 0)
         self.step = 0
         self.train_model = self.model
         if self.dist.world > 1:
@@ -139,8 +149,10 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:
             self.train_model = torch.compile(self.train_model)
-        loss_fn = LOSSES[t.loss]
-        if t.loss == "dsm":
+        loss_fn = noisy_classifier_loss if t.objective == "classifier" else LOSSES[t.loss]
+        if t.objective == "classifier":
+            self.loss_kwargs = dict(eps=t.eps)
+        elif t.loss == "dsm":
             self.loss_kwargs = dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
                                     importance_sampling=t.importance_sampling, reduce=t.reduce)
         else:
@@ -183,6 +195,11 @@ class Trainer:
 
     def restore(self, meta: dict, tensors: dict, path: str) -> None:
         saved, current = meta.get("config"), self.cfg.to_dict()
+        saved_train = saved.get("train") if isinstance(saved, dict) else None
+        objective = saved_train.get("objective", "score") if isinstance(saved_train, dict) else "score"
+        if objective != current["train"]["objective"]:  # a score network and a classifier share no weights
+            raise io.CheckpointError(f"{path}: trained with train.objective {objective!r}, this run's is "
+                                     f"{current['train']['objective']!r}")
         # train.* may change between runs (e.g. more steps); what the weights and the saved data
         # stream were made from may not (see FROZEN)
         for section in FROZEN:
@@ -241,9 +258,8 @@ class Trainer:
         try:
             while self.step < t.steps:
                 self._seed_step(self.step)
-                batch = next(self.stream)[self.dist.rank::self.dist.world].to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
-                    loss = self.loss_fn(self.train_model, self.sde, batch, generator=self.noise, **self.loss_kwargs)
+                    loss = self._loss(next(self.stream))
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if t.grad_clip is not None:
@@ -282,6 +298,21 @@ class Trainer:
                 writer.close()
             self._restore_signal_handlers()
         return {"step": self.step, "status": "complete"}
+
+    def _loss(self, batch) -> torch.Tensor:
+        """The step's loss on this rank's slice of the global ``batch`` (images, or (images, labels))."""
+        t = self.cfg.train
+        part = slice(self.dist.rank, None, self.dist.world)
+        if self.num_classes == 0:
+            x = batch[part].to(self.device, non_blocking=True)
+            return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, **self.loss_kwargs)
+        x, y = (v[part].to(self.device, non_blocking=True) for v in batch)
+        if t.objective == "classifier":
+            return self.loss_fn(self.train_model, self.sde, x, y, generator=self.noise, **self.loss_kwargs)
+        if t.label_dropout > 0:
+            # from the step's seeded generator, before the loss's own draws: a resumed run drops the same labels
+            y = drop_labels(y, t.label_dropout, self.num_classes, self.noise)
+        return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, y=y, **self.loss_kwargs)
 
     # -- helpers -------------------------------------------------------------------------------
     def _install_signal_handlers(self):

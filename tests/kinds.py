@@ -27,12 +27,26 @@ EXACT = {
         "test_guided_score_is_its_formula", "test_scale_1_samples_the_exact_class",
         "test_scale_0_samples_the_whole_mixture", "test_classifier_gradient_leaves_no_graph_and_works_under_no_grad",
     },
+    "test_inverse": {
+        "test_project_called_once_per_step_at_t_next", "test_inpaint_with_exact_posterior_score_is_exact",
+        "test_probability_flow_with_exact_posterior_score_is_exact", "test_colorize_with_exact_posterior_score_is_exact",
+        "test_color_decoupling_is_orthogonal_with_gray_first",
+        "test_replacement_draws_the_forward_marginal_at_each_score_time",
+        "test_pigdm_guidance_is_exact_for_isotropic_gaussian_data", "test_pigdm_is_closer_to_the_posterior_than_replacement",
+    },
     "test_api": {
         "test_timesteps_use_exact_chain_times", "test_timesteps_full_small_chain",
         "test_explicit_schedule_is_used_exactly", "test_builtin_grid_endpoints_and_order",
         "test_logsnr_grid_has_equal_logsnr_steps", "test_karras_grid_has_equal_rho_steps",
     },
     "test_behaviour": ALL,
+    "test_conditional": {
+        "test_score_model_passes_y_and_cond_score_fn_is_the_conditional_score",
+        "test_dsm_loss_with_labels_equals_its_formula_on_the_documented_draws",
+        "test_noisy_classifier_loss_is_the_cross_entropy_at_x_t", "test_label_dropout_rate_is_p_within_binomial_error",
+        "test_trainer_drops_labels_at_rate_p_from_the_stream_labels",
+        "test_noisy_classifier_learns_the_exact_class_posterior_of_a_gaussian_mixture",
+    },
     "test_convergence": ALL,
     "test_data": {
         "test_checkerboard_samples_lie_on_black_squares", "test_checkerboard_squares_get_equal_mass_and_are_uniform",

@@ -114,3 +114,26 @@ def test_ddpm_is_vpsde_with_a_toy_run(tmp_path, toy_run):
         assert row["mode_weight_error"] < mode_bound, (row, mode_bound)
     rms = {r["sampler"]: r.get("rms_to_ddpm") for r in report["exact_score"]}
     assert rms["reverse SDE, Euler-Maruyama 1000"] < 0.1 * rms["DDIM, 50 steps"]
+
+
+def test_conditional_digits_reports_the_classifiers_agreement_per_scale(tmp_path):
+    """The example's accuracy is the shipped classifier's agreement with the asked class on its samples
+    (recomputed here from the run with the example's --quick settings)."""
+    import scoresde as sd
+    from scoresde.classifier import load_digits_classifier
+    sys.path.insert(0, EXAMPLES)
+    try:
+        from conditional_digits import accuracy, guided_samples
+    finally:
+        sys.path.remove(EXAMPLES)
+    workdir = tmp_path / "conditional_digits"
+    out = run_example("conditional_digits", workdir, "--quiet", "--scales", "0,2")
+    assert_files(workdir, "grid.png", "summary.json", "accuracy.md")
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert set(summary["scales"]) == {"0", "2"} and summary["grid_scale"] == 2 and "| guidance |" in out
+    run = sd.load(str(workdir))
+    for scale in (0.0, 2.0):
+        x = guided_samples(run, scale, 2, 5, seed=1, progress=False)
+        expected = accuracy(load_digits_classifier(), x, 2, run.data_range)
+        got = summary["scales"][f"{scale:g}"]
+        assert got["per_class"] == expected["per_class"] and got["accuracy"] == expected["accuracy"]

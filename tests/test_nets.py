@@ -179,7 +179,8 @@ def test_bad_input_raises_value_error_naming_it(call, word):
 
 
 def test_net_signature_lists_build_net_keywords_with_defaults():
-    assert net_signature("mlp") == dict(hidden=256, depth=3, embed_dim=128, embedding="fourier", fourier_scale=16.0)
+    assert net_signature("mlp") == dict(hidden=256, depth=3, embed_dim=128, embedding="fourier", fourier_scale=16.0,
+                                         num_classes=0)
     unet = net_signature("unet")
     assert "in_channels" not in unet and "image_size" not in unet
     assert unet["channel_mults"] == (1, 2, 2) and unet["attn_resolutions"] == (16,) and unet["skip_rescale"] is True

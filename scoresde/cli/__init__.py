@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler's own arithmetic stays float32")
     s.add_argument("--channels-last", action="store_true",
                    help="image runs: the network's weights and inputs in channels_last memory format")
+    s.add_argument("--class", dest="klass", metavar="K",
+                   help="guide every sample towards class K (or sample i towards K_(i mod n) of a comma-separated "
+                        "list K_0,K_1,...): classifier-free guidance on a class-conditional run (model.num_classes "
+                        "> 0), classifier guidance with --classifier")
+    s.add_argument("--guidance", type=float, metavar="S",
+                   help="with --class: the guidance scale, (1 - S) s(x, t) + S s(x, t, y) (classifier-free) or "
+                        "s(x, t) + S ∇x log p_t(y | x) (--classifier); 1 (default) is the plain conditional "
+                        "score, larger values sharpen the class")
+    s.add_argument("--classifier", metavar="CLASSIFIER_RUN",
+                   help="with --class: a noisy-classifier run (train.objective classifier, e.g. configs/"
+                        "digits_vp_noisy_classifier.yaml) of the same SDE, for classifier guidance")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 

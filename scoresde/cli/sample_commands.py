@@ -46,6 +46,8 @@ def cmd_sample(args) -> int:
         device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())
     main_rank = int(os.environ.get("RANK", "0")) == 0
     run = load(args.run_dir, device=device)
+    from .guided import plan as plan_guidance
+    guide = plan_guidance(args, run, device)
     precision = getattr(args, "precision", "fp32")
     channels_last = bool(getattr(args, "channels_last", False))
     if channels_last:
@@ -68,11 +70,14 @@ def cmd_sample(args) -> int:
         generate(run, args.num, out, sampler=args.sampler, steps=steps,
                  batch_size=args.batch_size or DEFAULT_BATCH_SIZE, seed=args.seed, options=options,
                  shard_size=args.shard_size, png=args.png, eps=run.config.sample.eps, device=device,
-                 progress=not args.quiet, precision=precision, channels_last=channels_last)
+                 progress=not args.quiet, precision=precision, channels_last=channels_last, guidance=guide)
         return 0
     # NFE counted around the score on the host (no device sync): every sampler, denoising step included
     from ..precision import precision_score
-    counted = Counter(precision_score(run.score_fn, precision, channels_last=channels_last))
+    if guide is None:
+        counted = Counter(precision_score(run.score_fn, precision, channels_last=channels_last))
+    else:
+        counted = Counter(guide.score_fn(run, 0, args.num, args.device, precision, channels_last))
     g = torch.Generator(device=args.device).manual_seed(args.seed)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -94,9 +99,11 @@ def cmd_sample(args) -> int:
     else:
         from types import SimpleNamespace
         cost = f"rtol={rtol:g}, atol={atol:g}, NFE {counted.nfe}" if adaptive else f"{steps} steps"
+        title = f"{_sampler_label(args.sampler, fn, options)}, {cost}"
         save_samples(x, SimpleNamespace(data_range=run.data_range), out,
-                     title=f"{_sampler_label(args.sampler, fn, options)}, {cost}")
-    print(f"{args.sampler}: {args.num} samples, NFE {counted.nfe}, {seconds:.2f} s -> {out}")
+                     title=title if guide is None else f"{title}; {guide.describe()}")
+    how = f" ({guide.describe()})" if guide is not None else ""
+    print(f"{args.sampler}: {args.num} samples{how}, NFE {counted.nfe}, {seconds:.2f} s -> {out}")
     if clipped:
         lo, hi = run.data_range
         print(f"clipped {clipped} of {x.numel()} values ({clipped / x.numel():.2%}) to the data range [{lo:g}, {hi:g}]")
@@ -104,7 +111,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_likelihood(args) -> int:
-    from ..run import load
+    from ..run import load, require_objective
     from ..sampling.odeint import ADAPTIVE_METHODS
     from ..split_likelihood import select_points, split_likelihood
     if args.out is not None and not args.out.endswith(".json"):
@@ -119,6 +126,7 @@ def cmd_likelihood(args) -> int:
     if world > 1 and local_rank is not None and device.type == "cuda" and device.index == 0:
         device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())  # one GPU per process
     run = load(args.run_dir, device=device)
+    require_objective(run, "score", "scoresde likelihood RUN_DIR")
     options = {"method": args.method} if args.steps is None else {"method": args.method, "steps": args.steps}
     res = split_likelihood(run, args.split, args.num, batch_size=args.batch_size, dequant_repeats=args.dequant_repeats,
                            estimator=args.estimator, seed=args.seed, progress=not args.quiet, **options)
@@ -169,7 +177,7 @@ def _write_likelihood_json(args, run, res) -> None:
 def cmd_compare(args) -> int:
     from ..compare import compare, report, select_methods, write_outputs
     from ..data import on_checkerboard, toy_mixture
-    from ..run import load, load_data
+    from ..run import load, load_data, require_objective
     steps = _int_list(args.steps, "--steps")
     methods = select_methods(args.sampler, args.option)  # checked before anything is loaded or written
     feature_net = getattr(args, "feature_net", None)
@@ -177,6 +185,7 @@ def cmd_compare(args) -> int:
     if weights is not None and feature_net not in (None, "inception"):
         raise ValueError(f"--inception-weights: only for --feature-net inception (not {feature_net})")
     run = load(args.run_dir, device=args.device)
+    require_objective(run, "score", "scoresde compare RUN_DIR")
     name = run.config.data.name
     image = _is_image_run(run) and feature_net != "pixels"  # pixels: the toys' metrics on flattened images
     if not _is_image_run(run) and (feature_net is not None or weights is not None):

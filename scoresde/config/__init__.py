@@ -22,12 +22,12 @@ import yaml
 from .checks import _build
 from .overrides import _blame, _merge, _model_items, _parse_override
 from .schema import (CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, NEEDS_ROOT,
-                     PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, ConfigError, DataConfig,
+                     OBJECTIVES, PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, ConfigError, DataConfig,
                      SampleConfig, SDEConfig, TrainConfig, model_names)
 
 __all__ = [
     "Config", "ConfigError", "SDEConfig", "DataConfig", "TrainConfig", "SampleConfig", "SECTIONS", "SECTION_NAMES",
-    "MODEL_FIXED", "SDE_TYPES", "MODEL_NAMES", "PARAMETERIZATIONS", "CONDITIONINGS", "LOSS_NAMES", "SAMPLERS",
+    "MODEL_FIXED", "SDE_TYPES", "MODEL_NAMES", "PARAMETERIZATIONS", "CONDITIONINGS", "LOSS_NAMES", "OBJECTIVES", "SAMPLERS",
     "DEVICES", "HUGE", "MAX_WIDTH", "LR_SCHEDULES", "NEEDS_ROOT", "PACKAGE_CONFIGS", "bundled_configs",
     "resolve_config", "load_config", "from_dict", "save_config", "model_names", "missing_data_root",
 ]

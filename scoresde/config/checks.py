@@ -13,8 +13,9 @@ import math
 from typing import Any, Dict
 
 from ..options import closest
-from .schema import (CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, NEEDS_ROOT,
-                     PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES, SECTIONS, Config, _error, model_names)
+from .schema import (CONDITIONAL_MODELS, CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH,
+                     MODEL_FIXED, NEEDS_ROOT, OBJECTIVES, PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES,
+                     SECTIONS, Config, _error, model_names)
 
 
 def _key_hint(section: str, name: str, names) -> str:
@@ -133,6 +134,8 @@ def _check_model_value(key: str, value: Any, source: str, dotted: str) -> None:
     """Network settings: sizes and counts in [1, 2^16], dropout in [0, 1), Fourier scale in (0, 1e6]."""
     if key == "dropout":
         ok, what = 0 <= value < 1, "a number in [0, 1)"
+    elif key == "num_classes":
+        ok, what = 0 <= value <= MAX_WIDTH, f"an integer in [0, {MAX_WIDTH}] (0: unconditional)"
     elif key == "fourier_scale":
         ok, what = 0 < value <= 1e6, "a number in (0, 1e6]"
     elif isinstance(value, list) and all(isinstance(v, int) for v in value):
@@ -218,8 +221,41 @@ def _check_values(cfg: Config, source: str, data_root: bool = True) -> None:
     for key in ("n_train", "n_test"):
         v = getattr(d, key)
         need(v is None or 1 <= v <= 10 ** 8, f"data.{key}", "an integer in [1, 1e8] or null", v)
+    _check_conditional(cfg, need)
     need(smp.sampler in SAMPLERS, "sample.sampler", f"one of {SAMPLERS}", smp.sampler)
     need(smp.steps >= 1, "sample.steps", "a positive integer", smp.steps)
     need(0 < smp.eps < 1, "sample.eps", "a number in (0, 1)", smp.eps)
     need(smp.num >= 1, "sample.num", "a positive integer", smp.num)
 
+
+
+def _check_conditional(cfg: Config, need) -> None:
+    """model.num_classes, train.label_dropout and train.objective against each other and the data."""
+    from ..data import LABELLED_SETS  # lazy, as above
+
+    t, d = cfg.train, cfg.data
+    k = cfg.model.get("num_classes", 0)
+    classes = LABELLED_SETS.get(d.name)
+    need(t.objective in OBJECTIVES, "train.objective", f"one of {OBJECTIVES}", t.objective)
+    need(0 <= t.label_dropout < 1, "train.label_dropout", "a number in [0, 1)", t.label_dropout)
+    if t.objective == "classifier":
+        name = cfg.model["name"]
+        need(name in CONDITIONAL_MODELS, "model.name",
+             f"one of {CONDITIONAL_MODELS} for train.objective classifier (its encoder becomes the classifier)", name)
+        need(classes is not None, "data.name", "a data set with class labels for train.objective classifier "
+             f"(labelled: {', '.join(LABELLED_SETS)})", d.name)
+        need(k == classes, "model.num_classes", f"{classes}, the classes of {d.name!r}, for train.objective classifier", k)
+        need(t.label_dropout == 0, "train.label_dropout", "0 for train.objective classifier (it is the score "
+             "model's classifier-free guidance)", t.label_dropout)
+        need(t.loss == "dsm" and not t.likelihood_weighting, "train.loss/likelihood_weighting",
+             "the defaults (dsm, false) for train.objective classifier, whose loss is the cross-entropy", 
+             (t.loss, t.likelihood_weighting))
+        need(t.snapshot_every == 0, "train.snapshot_every", "0 for train.objective classifier (it draws no samples)",
+             t.snapshot_every)
+        return
+    if k:
+        need(classes is not None, "model.num_classes", f"0 for data.name {d.name!r}, which has no class labels "
+             f"(labelled: {', '.join(LABELLED_SETS)})", k)
+        need(k == classes, "model.num_classes", f"{classes} (or 0), the classes of {d.name!r}", k)
+    need(t.label_dropout == 0 or k > 0, "train.label_dropout", "0 unless model.num_classes > 0 (a conditional model)",
+         t.label_dropout)

@@ -6,9 +6,15 @@ A config has five sections::
     sde:    type (vp | subvp | ve) and its parameters
     model:  name (a network of scoresde.nets.NETS: mlp, unet, and the reference architectures
             ncsnpp, ddpm, ...), parameterization, conditioning, and the network's own keyword
-            arguments (checked against the network's signature; list values where its defaults are lists)
+            arguments (checked against the network's signature; list values where its defaults are lists);
+            num_classes (mlp, unet; default 0) K > 0 makes the network class-conditional, or with
+            train.objective classifier is the number of classes of the classifier
     data:   name, root, image_size, flip, centered (images on [-1, 1], else [0, 1]), n_train, n_test
-    train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed
+    train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed;
+            objective: "score" (a score model, default) or "classifier" (a time-dependent classifier
+            p_t(y | x_t) for classifier guidance: model.name mlp or unet builds its encoder with a linear
+            head of model.num_classes logits); label_dropout: the probability of training a conditional
+            score model's step on the null class instead of the label (classifier-free guidance)
     sample: the sampler used for snapshots and as the CLI's default
 
 Everything the other config modules share lives here, and this module imports none of them.
@@ -84,6 +90,8 @@ class TrainConfig:
     amp: bool = False
     compile: bool = False
     tensorboard: bool = False
+    objective: str = "score"
+    label_dropout: float = 0.0
 
 
 @dataclass
@@ -104,6 +112,10 @@ PARAMETERIZATIONS = ("eps", "score", "x0")
 #: sigma are what the reference implementation's continuous VP / VE networks see
 CONDITIONINGS = (None,) + tuple(_SCORE_CONDITIONINGS)
 LOSS_NAMES = ("dsm", "ddpm", "smld")
+#: what a run trains: a score model, or a time-dependent (noisy) classifier for classifier guidance
+OBJECTIVES = ("score", "classifier")
+#: the networks that can be class-conditional (model.num_classes) or be built as a noisy classifier
+CONDITIONAL_MODELS = ("mlp", "unet")
 SAMPLERS = tuple(_SAMPLER_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
 HUGE = 10 ** 9

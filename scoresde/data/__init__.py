@@ -13,7 +13,7 @@ Conventions:
     * ``load_dataset`` wraps all of them in a ``Dataset``.
 """
 from ._args import SPLITS, DataRange
-from .dataset import IMAGE_SETS, NAMES, Dataset, load_dataset
+from .dataset import IMAGE_SETS, LABELLED_SETS, NAMES, Dataset, load_dataset
 from .images import (CIFAR_FILES, CIFAR_RECORD, DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE, IMAGE_EXTENSIONS, read_cifar10,
                      read_digits, read_idx, read_image_folder, read_mnist)
 from .pixels import dequantize, scale, unscale
@@ -22,7 +22,7 @@ from .toys import (CHECKERBOARD_LOG_DENSITY, RING_RADII, TOY_RANGE, TOY_SEEDS, T
                    on_checkerboard, sample_toy, toy_mixture)
 
 __all__ = [
-    "SPLITS", "DataRange", "IMAGE_SETS", "NAMES", "Dataset", "load_dataset", "CIFAR_FILES", "CIFAR_RECORD",
+    "SPLITS", "DataRange", "IMAGE_SETS", "LABELLED_SETS", "NAMES", "Dataset", "load_dataset", "CIFAR_FILES", "CIFAR_RECORD",
     "DIGITS_SPLIT_SEED", "DIGITS_TEST_SIZE", "IMAGE_EXTENSIONS", "read_cifar10", "read_digits", "read_idx",
     "read_image_folder", "read_mnist", "dequantize", "scale", "unscale", "BatchStream", "batches",
     "CHECKERBOARD_LOG_DENSITY", "RING_RADII", "TOY_RANGE", "TOY_SEEDS", "TOY_SIZES", "TOYS", "checkerboard_log_prob",

@@ -15,6 +15,8 @@ from .toys import TOY_RANGE, TOY_SEEDS, TOY_SIZES, TOYS, sample_toy
 
 IMAGE_SETS = ("digits", "mnist", "cifar10", "folder")
 NAMES = TOYS + IMAGE_SETS
+#: the data sets with class labels (``Dataset.labels``), and their number of classes
+LABELLED_SETS = {"digits": 10, "mnist": 10, "cifar10": 10}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The resumable minibatch stream the trainer draws from."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -32,10 +32,19 @@ class BatchStream:
         generator: draw from this generator instead (it is advanced by the stream). For an exact
             resume the stream should own its generator: ``load_state_dict`` rewinds it to the
             current epoch's start and replays that epoch's draws, undoing any other use since.
+        labels: yield (images, labels) pairs, the labels (B,) int64 of the same samples (a Dataset
+            with ``labels`` only, e.g. to train a class-conditional model). The order and the state
+            are those of the stream without labels.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, flip: bool = False, *,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, labels: bool = False):
+        self.labels: Optional[Tensor] = None
+        if labels:
+            if not isinstance(dataset, Dataset) or dataset.labels is None:
+                what = f"data set {dataset.name!r}" if isinstance(dataset, Dataset) else type(dataset).__name__
+                raise ValueError(f"labels=True needs a Dataset with class labels, got the {what} without labels")
+            self.labels = dataset.labels.to(dataset.data.device)
         if isinstance(dataset, Dataset):
             self.data, is_image = dataset.data, dataset.is_image
         elif torch.is_tensor(dataset) and dataset.dim() >= 1:
@@ -66,7 +75,7 @@ class BatchStream:
         """Number of samples in the data set (batches never run out)."""
         return len(self.data)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Union[Tensor, Tuple[Tensor, Tensor]]]:
         return self
 
     def _draw_epoch(self) -> None:
@@ -82,8 +91,8 @@ class BatchStream:
         self.epoch += 1
         self.position = 0
 
-    def __next__(self) -> Tensor:
-        pieces, need = [], self.batch_size
+    def __next__(self) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        pieces, label_pieces, need = [], [], self.batch_size
         while need > 0:
             if self._order is None or self.position == len(self.data):
                 self._start_epoch()
@@ -93,9 +102,14 @@ class BatchStream:
             if self._flips is not None:
                 x = torch.where(self._flips[sl].view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
             pieces.append(x)
+            if self.labels is not None:
+                label_pieces.append(self.labels[self._order[sl].to(self.labels.device)])
             self.position += k
             need -= k
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        x = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        if self.labels is None:
+            return x
+        return x, (label_pieces[0] if len(label_pieces) == 1 else torch.cat(label_pieces))
 
     def state_dict(self) -> Dict[str, object]:
         """{"epoch", "position", "generator" (uint8 state at the current epoch's start), "num_samples", "flip"}."""

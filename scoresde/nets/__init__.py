@@ -2,7 +2,11 @@
 
 Every network is called as ``net(x, c)`` with x of shape (B, ...) and the conditioning c of shape
 (B,) (time t or log sigma(t), chosen by ``scoresde.score.ScoreModel``), and returns a tensor
-shaped like x.
+shaped like x. ``MLP`` and ``UNet`` may be class-conditional (``num_classes`` K > 0), then called as
+``net(x, c, y)`` with y (B,) class labels, K (or y None) the null class.
+
+``build_classifier`` builds the time-dependent classifiers of ``classifier`` (the same two families'
+encoders with a linear head: logits (B, K)) from the same keyword arguments.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .ddpm_ref import DDPM
 from .mlp import MLP
 from .ncsnpp import NCSNpp
 from .unet import UNet
+from .classifier import CLASSIFIERS, MLPClassifier, UNetClassifier
 from .diffusers_unet import DiffusersUNet2D  # diffusers itself is imported only when one is built
 
 # Arguments build_net derives from data_shape, so they are not accepted as keywords.
@@ -66,5 +71,24 @@ def build_net(name: str, data_shape: Sequence[int], **kwargs) -> nn.Module:
     return NETS[name](**{channels_key: shape[0], size_key: shape[1]}, **kwargs)
 
 
+def build_classifier(name: str, data_shape: Sequence[int], **kwargs) -> nn.Module:
+    """A time-dependent classifier for data of shape ``data_shape``: "mlp" -> MLPClassifier, "unet" ->
+    UNetClassifier, taking the keyword arguments of the score network of that name (``num_classes``
+    the number of classes K >= 2)."""
+    if name not in CLASSIFIERS:
+        raise ValueError(f"name must be one of {tuple(CLASSIFIERS)} for a classifier, got {name!r}")
+    accepted = tuple(net_signature(name))
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown keyword argument(s) for a {name!r} classifier: {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted)}")
+    shape = tuple(int(d) for d in data_shape)
+    if name == "mlp":
+        return MLPClassifier(math.prod(shape), **kwargs)
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"data_shape must be (C, H, W) with H = W for {name!r}, got {tuple(data_shape)}")
+    return UNetClassifier(in_channels=shape[0], image_size=shape[1], **kwargs)
+
+
 __all__ = ["GaussianFourierProjection", "SinusoidalEmbedding", "MLP", "UNet", "NCSNpp", "DDPM", "build_net",
-           "net_signature", "NETS"]
+           "net_signature", "NETS", "MLPClassifier", "UNetClassifier", "CLASSIFIERS", "build_classifier"]

@@ -100,3 +100,66 @@ def check_conditioning(c, x) -> None:
     if not torch.is_tensor(c) or c.shape != x.shape[:1]:
         got = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
         raise ValueError(f"c must be a tensor of shape ({x.shape[0]},) matching the batch, got {got}")
+
+
+def check_num_classes(num_classes) -> int:
+    """num_classes: 0 (an unconditional network) or the number of classes K >= 1 (then index K is the
+    null class, the unconditional score of classifier-free guidance)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be a non-negative integer (0: unconditional), got {num_classes!r}")
+    return num_classes
+
+
+class ClassEmbedding(nn.Module):
+    """e(y) for class labels y in {0 .. K - 1} and the null class K (Ho & Salimans 2021: one network
+    learns the conditional scores s(x, t, y) and, through the null class, the unconditional s(x, t)).
+
+    The table starts at zero, so an untrained conditional network is exactly its unconditional
+    counterpart and the labels' influence grows from nothing, as the zero-initialised output layers
+    make the networks start from the zero function.
+    """
+
+    def __init__(self, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 for a ClassEmbedding, got {num_classes!r}")
+        self.embedding = nn.Embedding(num_classes + 1, embed_dim)
+        nn.init.zeros_(self.embedding.weight)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def forward(self, y, x: Tensor) -> Tensor:
+        """e(y) of shape (B, embed_dim); y None means the null class for every sample of x."""
+        if y is None:
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        else:
+            check_labels(y, x)
+        # The range is not checked here: that would cost a host synchronisation in every training and
+        # sampling step; nn.Embedding itself refuses an index outside [0, K].
+        return self.embedding(y.long())
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes} (+ null class {self.num_classes})"
+
+
+def check_labels(y, x) -> None:
+    """Class labels: an integer tensor of shape (B,) for x of shape (B, ...)."""
+    if not torch.is_tensor(y) or y.shape != x.shape[:1] or y.is_floating_point() or y.is_complex() \
+            or y.dtype == torch.bool:
+        got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},) of class labels, got {got}")
+
+
+def add_class_embedding(module: nn.Module, temb: Tensor, y, x: Tensor) -> Tensor:
+    """temb + e(y) for a conditional network (``module.class_embed`` set), temb for an unconditional
+    one, which refuses labels: silently ignoring y would sample the wrong distribution."""
+    embed = getattr(module, "class_embed", None)
+    if embed is None:
+        if y is not None:
+            raise ValueError(f"y: this {type(module).__name__} is unconditional (num_classes=0) and takes no class "
+                             "labels")
+        return temb
+    return temb + embed(y, x)

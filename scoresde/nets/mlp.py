@@ -6,6 +6,9 @@
     h_l+1 = h_l + W_l2 SiLU(W_l1 SiLU(h_l) + E_l temb),   l = 0 .. depth-1
     out   = W_out SiLU(h_depth)                       W_out zero-initialised
 
+A class-conditional MLP (``num_classes`` K > 0) adds a learned class embedding to temb,
+temb = W_t2 SiLU(W_t1 e) + E_class[y], with y in {0 .. K - 1} or the null class K (y None).
+
 Each residual block is DDPM's two-layer residual block with the convolutions replaced by linear
 maps; the time embedding enters every block through its own projection E_l. The blocks carry no
 normalisation: on 2-D data, LayerNorm inside them made training slower per step and gave a worse
@@ -15,11 +18,13 @@ from a random field of large scores.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
 from .._checks import positive_int
-from .embeddings import check_conditioning, make_embedding
+from .embeddings import ClassEmbedding, add_class_embedding, check_conditioning, check_num_classes, make_embedding
 
 
 class _ResidualBlock(nn.Module):
@@ -45,15 +50,18 @@ class MLP(nn.Module):
         embed_dim: size of the embedding of c.
         embedding: "fourier" (random Fourier features) or "sinusoidal".
         fourier_scale: std of the Fourier frequencies.
-    ``forward(x, c)`` with c of shape (B,) returns a tensor shaped like x.
+        num_classes: 0 (unconditional) or the number of classes K of a class-conditional network.
+    ``forward(x, c, y=None)`` with c of shape (B,) returns a tensor shaped like x; y (B,) holds class
+    labels in {0 .. K - 1} or the null class K, None meaning the null class (K > 0 only).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, embed_dim: int = 128,
-                 embedding: str = "fourier", fourier_scale: float = 16.0):
+                 embedding: str = "fourier", fourier_scale: float = 16.0, num_classes: int = 0):
         super().__init__()
         self.dim = positive_int(dim, "dim")
         positive_int(hidden, "hidden")
         positive_int(depth, "depth")
+        self.num_classes = check_num_classes(num_classes)
         self.embed = make_embedding(embedding, embed_dim, fourier_scale)
         self.time_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim, hidden)
@@ -61,13 +69,17 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if num_classes:
+            # Only then (an unconditional network keeps its state-dict keys), and last, so the other
+            # layers draw the same initial weights as the unconditional network's for a seed.
+            self.class_embed = ClassEmbedding(num_classes, hidden)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, y: Optional[Tensor] = None) -> Tensor:
         if not torch.is_tensor(x) or x.dim() < 2 or x[0].numel() != self.dim:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (B, {self.dim}) or (B, ...) with {self.dim} elements per sample, got {got}")
         check_conditioning(c, x)
-        temb = self.time_mlp(self.embed(c))
+        temb = add_class_embedding(self, self.time_mlp(self.embed(c)), y, x)
         h = self.inp(x.reshape(x.shape[0], self.dim))
         for block in self.blocks:
             h = block(h, temb)

@@ -8,6 +8,10 @@
           nearest-neighbour x2 + Conv3x3
     out  = Conv3x3(SiLU(GroupNorm(h)))                     zero-initialised
 
+A class-conditional U-Net (``num_classes`` K > 0) adds a learned class embedding to temb (as the
+guided-diffusion and classifier-free guidance U-Nets do): temb = W_2 SiLU(W_1 Emb(c)) + E_class[y],
+y in {0 .. K - 1} or the null class K (y None).
+
 ResBlock(h) = (Skip(h) + Conv(Dropout(SiLU(GN(Conv(SiLU(GN(h))) + Dense(SiLU(temb))))))) / sqrt(2),
 AttnBlock(h) = (h + Proj(softmax(Q K^T / sqrt(C)) V)) / sqrt(2), with Q, K, V 1x1 convs of GN(h).
 The 1/sqrt(2) ("skip_rescale", DDPM++) keeps the variance of the residual stream constant; the last
@@ -17,14 +21,14 @@ the identity and the network as the zero function.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import positive_int
-from .embeddings import check_conditioning, make_embedding
+from .embeddings import ClassEmbedding, add_class_embedding, check_conditioning, check_num_classes, make_embedding
 
 
 def _int_tuple(value, name: str, *, allow_empty: bool) -> tuple:
@@ -122,12 +126,15 @@ class UNet(nn.Module):
         embedding: "fourier" or "sinusoidal" embedding of c; fourier_scale: std of its frequencies.
         skip_rescale: scale residual sums by 1/sqrt(2).
         num_groups: GroupNorm groups (the largest divisor of the channel count up to this).
+        num_classes: 0 (unconditional) or the number of classes K of a class-conditional network.
+    ``forward(x, c, y=None)``: y (B,) holds class labels in {0 .. K - 1} or the null class K, None
+    meaning the null class (K > 0 only).
     """
 
     def __init__(self, in_channels: int = 3, channels: int = 64, channel_mults: Sequence[int] = (1, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                  image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
-                 skip_rescale: bool = True, num_groups: int = 32):
+                 skip_rescale: bool = True, num_groups: int = 32, num_classes: int = 0):
         super().__init__()
         self.in_channels = positive_int(in_channels, "in_channels")
         positive_int(channels, "channels")
@@ -143,6 +150,7 @@ class UNet(nn.Module):
             raise ValueError(f"image_size must be divisible by 2^(len(channel_mults) - 1) = {factor} so every "
                              f"downsampling halves it exactly, got image_size={image_size} with channel_mults={channel_mults}")
         positive_int(num_groups, "num_groups")
+        self.num_classes = check_num_classes(num_classes)
 
         temb_dim = 4 * channels
         self.embed = make_embedding(embedding, channels, fourier_scale)
@@ -182,6 +190,10 @@ class UNet(nn.Module):
         assert not skips, "every skip connection is consumed once"
         self.norm_out = group_norm(ch, num_groups)
         self.conv_out = _zero(nn.Conv2d(ch, in_channels, 3, padding=1))
+        if num_classes:
+            # Only then (an unconditional network keeps its state-dict keys), and last, so the other
+            # layers draw the same initial weights as the unconditional network's for a seed.
+            self.class_embed = ClassEmbedding(num_classes, temb_dim)
 
     @staticmethod
     def _run(layers: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
@@ -189,13 +201,13 @@ class UNet(nn.Module):
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, y: Optional[Tensor] = None) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
         check_conditioning(c, x)
-        temb = self.time_mlp(self.embed(c))
+        temb = add_class_embedding(self, self.time_mlp(self.embed(c)), y, x)
         h = self.conv_in(x)
         hs = [h]
         for layers in self.down:
