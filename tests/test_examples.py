@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import HANG_TIMEOUT
 
@@ -137,3 +138,12 @@ def test_conditional_digits_reports_the_classifiers_agreement_per_scale(tmp_path
         expected = accuracy(load_digits_classifier(), x, 2, run.data_range)
         got = summary["scales"][f"{scale:g}"]
         assert got["per_class"] == expected["per_class"] and got["accuracy"] == expected["accuracy"]
+    # the inpainting part: the original test digits' accuracy recomputed directly, every method reported
+    inp = summary["inpainting"]
+    test = sd.run.load_data(run.config, "test", n=inp["digits"], generator=torch.Generator().manual_seed(0))
+    clf = load_digits_classifier()
+    with torch.no_grad():
+        direct = (clf.logits(test.data, data_range=run.data_range).argmax(1) == test.labels).double().mean().item()
+    assert inp["accuracy"]["original"] == direct
+    assert {"unconditional, replace", "class-guided 2, replace"} <= set(inp["accuracy"])
+    assert_files(workdir, "inpainting.png", "inpainting.md")
