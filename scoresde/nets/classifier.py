@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .._checks import positive_int
 from .embeddings import check_conditioning, make_embedding
 from .mlp import _ResidualBlock
-from .unet import AttnBlock, Downsample, ResBlock, _int_tuple, _zero, group_norm
+from .unet import AttnBlock, ResBlock, _zero, build_encoder, check_image, check_unet_args, group_norm, run_layers
 
 
 def _classes(num_classes) -> int:
@@ -79,55 +79,27 @@ class UNetClassifier(nn.Module):
                  image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, num_groups: int = 32, num_classes: int = 10):
         super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels")
-        positive_int(channels, "channels")
-        channel_mults = _int_tuple(channel_mults, "channel_mults", allow_empty=False)
-        if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
-            raise ValueError(f"num_res_blocks must be a non-negative integer, got {num_res_blocks!r}")
-        attn_resolutions = set(_int_tuple(attn_resolutions, "attn_resolutions", allow_empty=True))
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.image_size = positive_int(image_size, "image_size")
-        factor = 2 ** (len(channel_mults) - 1)
-        if image_size % factor:
-            raise ValueError(f"image_size must be divisible by 2^(len(channel_mults) - 1) = {factor}, got "
-                             f"image_size={image_size} with channel_mults={channel_mults}")
-        positive_int(num_groups, "num_groups")
+        channel_mults, attn_resolutions = check_unet_args(in_channels, channels, channel_mults, num_res_blocks,
+                                                          attn_resolutions, dropout, image_size, num_groups)
+        self.in_channels, self.image_size = in_channels, image_size
         self.num_classes = _classes(num_classes)
 
         temb_dim = 4 * channels
         self.embed = make_embedding(embedding, channels, fourier_scale)
         self.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        ch, res = channels, image_size
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, channels * mult, temb_dim, dropout, skip_rescale, num_groups)]
-                ch = channels * mult
-                if res in attn_resolutions:
-                    layers.append(AttnBlock(ch, skip_rescale, num_groups))
-                self.down.append(nn.ModuleList(layers))
-            if level != len(channel_mults) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
-                res //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, temb_dim, dropout, skip_rescale, num_groups),
-                                  AttnBlock(ch, skip_rescale, num_groups),
-                                  ResBlock(ch, ch, temb_dim, dropout, skip_rescale, num_groups)])
+        _, ch, _ = build_encoder(self, in_channels, channels, channel_mults, num_res_blocks, attn_resolutions,
+                                 image_size, lambda i, o: ResBlock(i, o, temb_dim, dropout, skip_rescale, num_groups),
+                                 lambda c: AttnBlock(c, skip_rescale, num_groups))
         self.norm_out = group_norm(ch, num_groups)
         self.head = _zero(nn.Linear(ch, num_classes))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
+        check_image(self, x)
         check_conditioning(c, x)
         temb = self.time_mlp(self.embed(c))
         h = self.conv_in(x)
         for layers in list(self.down) + [self.mid]:
-            for layer in layers:
-                h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
+            h = run_layers(layers, h, temb)
         return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
 
 

@@ -21,7 +21,7 @@ the identity and the network as the zero function.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +111,64 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+def check_unet_args(in_channels, channels, channel_mults, num_res_blocks, attn_resolutions, dropout, image_size,
+                    num_groups) -> Tuple[tuple, set]:
+    """Validate the U-Net's shape arguments (shared with ``UNetClassifier``); returns channel_mults as a
+    tuple and attn_resolutions as a set."""
+    positive_int(in_channels, "in_channels")
+    positive_int(channels, "channels")
+    channel_mults = _int_tuple(channel_mults, "channel_mults", allow_empty=False)
+    if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
+        raise ValueError(f"num_res_blocks must be a non-negative integer, got {num_res_blocks!r}")
+    attn_resolutions = set(_int_tuple(attn_resolutions, "attn_resolutions", allow_empty=True))
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    positive_int(image_size, "image_size")
+    factor = 2 ** (len(channel_mults) - 1)
+    if image_size % factor:
+        raise ValueError(f"image_size must be divisible by 2^(len(channel_mults) - 1) = {factor} so every "
+                         f"downsampling halves it exactly, got image_size={image_size} with channel_mults={channel_mults}")
+    positive_int(num_groups, "num_groups")
+    return channel_mults, attn_resolutions
+
+
+def build_encoder(net: nn.Module, in_channels: int, channels: int, channel_mults: tuple, num_res_blocks: int,
+                  attn_resolutions: set, image_size: int, block, attn) -> Tuple[List[int], int, int]:
+    """Give ``net`` the U-Net's input conv, down path and middle block (``conv_in``, ``down``, ``mid``;
+    ``block(in, out)`` and ``attn(ch)`` build its layers). Returns the channel count of every feature
+    map kept for a skip connection, the channel count and the resolution at the bottom."""
+    net.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+    net.down = nn.ModuleList()
+    skips, ch, res = [channels], channels, image_size
+    for level, mult in enumerate(channel_mults):
+        for _ in range(num_res_blocks):
+            layers = [block(ch, channels * mult)]
+            ch = channels * mult
+            if res in attn_resolutions:
+                layers.append(attn(ch))
+            net.down.append(nn.ModuleList(layers))
+            skips.append(ch)
+        if level != len(channel_mults) - 1:
+            net.down.append(nn.ModuleList([Downsample(ch)]))
+            skips.append(ch)
+            res //= 2
+    net.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])
+    return skips, ch, res
+
+
+def check_image(net: nn.Module, x: Tensor) -> None:
+    expected = (net.in_channels, net.image_size, net.image_size)
+    if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
+
+
+def run_layers(layers: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
+    for layer in layers:
+        h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
+    return h
+
+
 class UNet(nn.Module):
     """U-Net f(x, c) for images x of shape (B, in_channels, image_size, image_size), c of shape (B,).
 
@@ -136,20 +194,9 @@ class UNet(nn.Module):
                  image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, num_groups: int = 32, num_classes: int = 0):
         super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels")
-        positive_int(channels, "channels")
-        channel_mults = _int_tuple(channel_mults, "channel_mults", allow_empty=False)
-        if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
-            raise ValueError(f"num_res_blocks must be a non-negative integer, got {num_res_blocks!r}")
-        attn_resolutions = set(_int_tuple(attn_resolutions, "attn_resolutions", allow_empty=True))
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.image_size = positive_int(image_size, "image_size")
-        factor = 2 ** (len(channel_mults) - 1)
-        if image_size % factor:
-            raise ValueError(f"image_size must be divisible by 2^(len(channel_mults) - 1) = {factor} so every "
-                             f"downsampling halves it exactly, got image_size={image_size} with channel_mults={channel_mults}")
-        positive_int(num_groups, "num_groups")
+        channel_mults, attn_resolutions = check_unet_args(in_channels, channels, channel_mults, num_res_blocks,
+                                                          attn_resolutions, dropout, image_size, num_groups)
+        self.in_channels, self.image_size = in_channels, image_size
         self.num_classes = check_num_classes(num_classes)
 
         temb_dim = 4 * channels
@@ -157,24 +204,8 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         block = lambda i, o: ResBlock(i, o, temb_dim, dropout, skip_rescale, num_groups)  # noqa: E731
         attn = lambda c: AttnBlock(c, skip_rescale, num_groups)  # noqa: E731
-
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
-        # Down path: record the channel count of every feature map kept for a skip connection.
-        self.down = nn.ModuleList()
-        skips, ch, res = [channels], channels, image_size
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                layers = [block(ch, channels * mult)]
-                ch = channels * mult
-                if res in attn_resolutions:
-                    layers.append(attn(ch))
-                self.down.append(nn.ModuleList(layers))
-                skips.append(ch)
-            if level != len(channel_mults) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
-                skips.append(ch)
-                res //= 2
-        self.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])
+        skips, ch, res = build_encoder(self, in_channels, channels, channel_mults, num_res_blocks, attn_resolutions,
+                                       image_size, block, attn)
         # Up path: each block consumes one skip, in reverse order.
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
@@ -195,27 +226,18 @@ class UNet(nn.Module):
             # layers draw the same initial weights as the unconditional network's for a seed.
             self.class_embed = ClassEmbedding(num_classes, temb_dim)
 
-    @staticmethod
-    def _run(layers: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
-        for layer in layers:
-            h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
-        return h
-
     def forward(self, x: Tensor, c: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
+        check_image(self, x)
         check_conditioning(c, x)
         temb = add_class_embedding(self, self.time_mlp(self.embed(c)), y, x)
         h = self.conv_in(x)
         hs = [h]
         for layers in self.down:
-            h = self._run(layers, h, temb)
+            h = run_layers(layers, h, temb)
             hs.append(h)
-        h = self._run(self.mid, h, temb)
+        h = run_layers(self.mid, h, temb)
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = self._run(layers, h, temb)
+            h = run_layers(layers, h, temb)
         return self.conv_out(F.silu(self.norm_out(h)))
