@@ -128,3 +128,33 @@ def test_the_nfe_counter_shows_no_bar_unless_asked():
     counted = _ode.Counter(lambda x, t: x, True, total=3)
     assert counted.bar is not None and counted.bar.desc == ""
     counted.close()
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_reverse_drift_is_f_minus_g2_score(sde):
+    """The reverse SDE's drift f(x, t) - g(t)^2 s(x, t) by default; the probability flow's has g^2 / 2."""
+    x = torch.linspace(-2, 2, 8, dtype=torch.float64).reshape(4, 2)
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=torch.float64)
+    s = -x / 3 + 0.5
+    f = sde.drift_coeff(t)[:, None] * x
+    g2 = sde.diffusion(t)[:, None] ** 2
+    torch.testing.assert_close(_ode.reverse_drift(sde, lambda y, u: s, x, t), f - g2 * s, rtol=1e-12, atol=0)
+    torch.testing.assert_close(_ode.pf_drift(sde, lambda y, u: s, x, t), f - 0.5 * g2 * s, rtol=1e-12, atol=0)
+
+
+def test_the_nfe_bar_counts_score_calls_in_nfe_and_is_transient():
+    counted = _ode.Counter(lambda x, t: x, True, "solve", total=5)
+    for _ in range(3):
+        counted(torch.zeros(1), torch.zeros(1))
+    bar = counted.bar
+    assert (bar.n, bar.total, bar.unit, bar.leave, bar.desc) == (3, 5, "nfe", False, "solve")
+    assert counted.nfe == 3
+    counted.close()
+
+
+def test_clamped_time_clamps_to_the_domain_in_the_datas_dtype():
+    like = torch.zeros(3, 2, dtype=torch.float32)
+    for t, expected in ((1.5, 1.0), (-0.5, 0.1), (float("nan"), 0.1), (0.5, 0.5)):
+        got = _ode.clamped_time(torch.tensor(t, dtype=torch.float64), 0.1, 1.0, 3, like)
+        assert got.dtype == torch.float32 and got.shape == (3,)
+        torch.testing.assert_close(got, torch.full((3,), expected, dtype=torch.float32))
