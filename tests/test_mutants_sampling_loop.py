@@ -158,3 +158,19 @@ def test_clamped_time_clamps_to_the_domain_in_the_datas_dtype():
         got = _ode.clamped_time(torch.tensor(t, dtype=torch.float64), 0.1, 1.0, 3, like)
         assert got.dtype == torch.float32 and got.shape == (3,)
         torch.testing.assert_close(got, torch.full((3,), expected, dtype=torch.float32))
+
+
+def test_the_step_bar_is_transient_and_named(monkeypatch):
+    """The fixed-grid loop's progress bar: one tick per step, named by the sampler, and cleared when done
+    (leave=False), so a notebook or a log does not keep one bar per sampler call."""
+    seen = {}
+
+    def fake_trange(n, **kwargs):
+        seen.update(kwargs, n=n)
+        return range(n)
+
+    monkeypatch.setattr(_loop, "trange", fake_trange)
+    grid = make_grid(VPSDE(), 3, 1e-3)
+    _loop.run(lambda x, t: x, grid, lambda k, x, t, tn: x, torch.zeros(2, 1), denoise=False, progress=True,
+              desc="ddim")
+    assert seen == {"n": 3, "disable": False, "desc": "ddim", "leave": False}
