@@ -37,7 +37,8 @@ def heun_stepper(score: Callable, sde: SDE, grid: Grid, like: Tensor, generator:
     """Heun steps along ``grid`` (two score evaluations per step), optionally with churn."""
     alpha, sigma = grid.alpha, grid.sigma
     s = sigma / alpha
-    gamma = torch.where((s >= churn_min) & (s <= churn_max), min(churn / grid.steps, math.sqrt(2) - 1), 0.0)[:-1]
+    # float64 like the grid (a Python scalar in torch.where would make gamma float32)
+    gamma = ((s >= churn_min) & (s <= churn_max)).to(s.dtype)[:-1] * min(churn / grid.steps, math.sqrt(2) - 1)
     s_hat = torch.minimum(s[:-1] * (1 + gamma), s[0])
     churned = (s_hat > s[:-1]).tolist()
     # the churned level's time and coefficients (the grid's own where nothing is added)
