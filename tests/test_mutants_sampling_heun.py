@@ -112,3 +112,15 @@ def test_heun_calls_the_hook_after_every_step(mixture):
     seen = []
     S.heun(mixture.score_fn(sde), sde, torch.zeros(2, 2), steps=4, project=lambda k, x, t: seen.append(k) or x)
     assert seen == [0, 1, 2, 3]
+
+
+def test_heun_predictor_with_churn_is_heun_with_churn(mixture):
+    """The predictor's options reach heun_stepper with its own defaults for the rest (churn_min 0,
+    churn_max inf, churn_noise 1): the same draws and the same samples as heun itself."""
+    sde = VPSDE()
+    x_T = mixture.marginal(sde, 1.0).sample(16, torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = S.predictor_corrector(mixture.score_fn(sde), sde, x_T, steps=6, predictor="heun", corrector=None,
+                              predictor_options={"churn": 2.0}, generator=torch.Generator().manual_seed(4))
+    b = S.heun(mixture.score_fn(sde), sde, x_T, steps=6, schedule="uniform", churn=2.0,
+               generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
