@@ -123,8 +123,33 @@ def test_condition_moves_the_mode_weights_towards_the_observed_component():
     (lambda gm: gm.condition(torch.eye(4)[:1], [float("nan")]), "A and y must be finite"),
     (lambda gm: gm.class_score(torch.zeros(2, 4), 0.5, VPSDE(), torch.tensor([0, 3])), "class indices in [0, 3)"),
     (lambda gm: gm.class_score(torch.zeros(2, 4), 0.5, VPSDE(), torch.tensor([0.0, 1.0])), "integer tensor of shape (2,)"),
+    (lambda gm: gm.class_score(torch.zeros(2, 4), 0.5, VPSDE(), torch.tensor([0, 1, 2])), "integer tensor of shape (2,)"),
+    (lambda gm: gm.class_score(torch.zeros(2, 4), 0.5, VPSDE(), 1.5), "y must be an int or an integer tensor"),
+    (lambda gm: gm.condition(torch.zeros(0, 4), []), "A must have shape (M, 4) with M >= 1"),
+    # singular relative to its own scale (eigenvalues 1e6 and 1e-7 of A S A^T): numerically degenerate
+    (lambda gm: GaussianMixture([1.0], [[0.0, 0.0]], [[1e6, 1e-7]]).condition(torch.eye(2), [0.0, 0.0]),
+     "degenerate under component 0"),
 ])
 def test_conditionals_reject_bad_input(call, message):
     with pytest.raises(ValueError) as e:
         call(mixture_4d())
     assert message in str(e.value)
+
+
+def test_a_single_row_observation_may_be_given_as_a_vector():
+    gm = mixture_4d()
+    a, b = gm.condition(torch.eye(4)[0], [0.5]), gm.condition(torch.eye(4)[:1], [0.5])
+    torch.testing.assert_close(a.means, b.means, rtol=0, atol=0)
+    torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e6])
+def test_noiseless_posterior_draws_satisfy_the_observation_at_any_scale(scale):
+    """The observed directions of a noiseless posterior have zero variance; eigenvalues at round-off level
+    (relative to the covariance's scale) are zeroed, so draws meet A x = y to round-off at any scale."""
+    gm0 = mixture_4d()
+    gm = GaussianMixture(gm0.weights, gm0.means * math.sqrt(scale), gm0.covs * scale)
+    A = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]], dtype=torch.float64)
+    y = A @ gm.means[1]
+    draws = gm.condition(A, y).sample(200, torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(draws @ A.T, y.expand(200, -1), rtol=1e-12, atol=1e-12 * math.sqrt(scale))
