@@ -22,6 +22,7 @@ EXACT = {
         "test_class_score_is_the_gradient_of_the_component_density", "test_component_is_that_gaussian_alone",
         "test_condition_is_bayes_rule_pointwise", "test_noiseless_inpainting_posterior_is_the_partitioned_gaussian",
         "test_condition_moves_the_mode_weights_towards_the_observed_component",
+        "test_noiseless_posterior_draws_satisfy_the_observation_at_any_scale",
     },
     "test_guidance": {
         "test_guided_score_is_its_formula", "test_scale_1_samples_the_exact_class",
@@ -120,6 +121,18 @@ EXACT = {
         "test_exact_divergence_is_the_trace_for_a_batch_of_one", "test_hutchinson_averages_its_probes",
     },
     "test_mutants_losses": ALL,
+    "test_mutants_sampling_loop": {
+        "test_euler_maruyama_table_is_the_closed_form_vp", "test_euler_maruyama_table_is_the_closed_form_ve",
+        "test_reverse_diffusion_table_is_the_closed_form", "test_linear_step_uses_a_unit_score_coefficient",
+        "test_tweedie_at_uses_float64_coefficients", "test_reverse_drift_is_f_minus_g2_score",
+        "test_clamped_time_clamps_to_the_domain_in_the_datas_dtype",
+    },
+    "test_mutants_sampling_dpm": {"test_multistep_predictor_without_corrector_is_dpm_solver"},
+    "test_mutants_sampling_heun": {
+        "test_churned_heun_is_edm_algorithm_2", "test_the_churn_window_includes_its_ends",
+        "test_heun_predictor_defaults_to_no_churn", "test_heun_predictor_with_churn_is_heun_with_churn",
+    },
+    "test_mutants_sampling_stochastic": {"test_dpm_solver_predictor_is_dpm_solver", "test_ancestral_default_is_the_full_chain"},
     "test_mutants_sde": ALL,
     "test_mutants_train": ALL,
     "test_no_grad": {"test_score_functions_may_take_input_gradients"},
