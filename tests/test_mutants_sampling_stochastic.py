@@ -1,6 +1,8 @@
 """Tests written for the survivors of mutation testing on sampling/stochastic.py (mutation/REPORT.md):
 the public defaults (1,000 steps, N for ancestral, no progress bar), the per-step hook, and the
 DPM-Solver predictor's options against dpm_solver itself on the same uniform grid."""
+import math
+
 import pytest
 import torch
 
@@ -58,3 +60,38 @@ def test_dpm_solver_predictor_is_dpm_solver(mixture, options):
     b = S.dpm_solver(mixture.score_fn(sde), sde, x_T, steps=6, schedule="uniform",
                      **{"multistep": False, "order": 2, **options})
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def vp_alpha(sde, t):
+    return math.exp(-0.25 * t ** 2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min)
+
+
+@pytest.mark.parametrize("corrector", ["langevin", "annealed_langevin"])
+def test_corrector_steps_are_their_formula(mixture, corrector):
+    """Three grid times, no predictor: x <- x + delta s + sqrt(2 delta) z at t_0 and t_1 (and t_2 is the
+    end), with a_k^2 = (alpha(t_k) / alpha(t_{k+1}))^2 from the closed-form alpha, and delta =
+    2 a_k^2 (snr ||z|| / ||s||)^2 (norms averaged over the batch) or 2 a_k^2 (snr sigma(t_k))^2."""
+    sde, snr, steps = VPSDE(), 0.16, 2
+    x_T = mixture.marginal(sde, 1.0).sample(32, torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = S.predictor_corrector(mixture.score_fn(sde), sde, x_T, steps=steps, predictor=None, corrector=corrector,
+                                snr=snr, denoise=False, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    eps = 1e-3
+    t = [1.0 + (eps - 1.0) * k / steps for k in range(steps + 1)]
+    x = x_T.clone()
+    for k in range(steps):
+        a2 = (vp_alpha(sde, t[k]) / vp_alpha(sde, t[k + 1])) ** 2
+        s = mixture.score(x, torch.full((32,), t[k], dtype=torch.float64), sde)
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        if corrector == "langevin":
+            delta = 2 * a2 * (snr * z.norm(dim=1).mean() / s.norm(dim=1).mean()) ** 2
+        else:
+            delta = 2 * a2 * (snr * math.sqrt(1 - vp_alpha(sde, t[k]) ** 2)) ** 2
+        x = x + delta * s + (2 * delta) ** 0.5 * z
+    torch.testing.assert_close(got, x, rtol=1e-10, atol=1e-10)
+
+
+def test_predictor_corrector_shows_no_bar_by_default(mixture, capfd):
+    sde = VPSDE()
+    S.predictor_corrector(mixture.score_fn(sde), sde, torch.zeros(2, 2), steps=3)
+    assert capfd.readouterr().err == ""
