@@ -39,7 +39,8 @@ def test_ancestral_default_is_the_full_chain(mixture):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("sampler", [S.euler_maruyama, S.ancestral], ids=["euler_maruyama", "ancestral"])
+@pytest.mark.parametrize("sampler", [S.euler_maruyama, S.ancestral, S.predictor_corrector],
+                         ids=["euler_maruyama", "ancestral", "predictor_corrector"])
 def test_no_progress_bar_by_default_and_the_hook_is_called(mixture, sampler, capfd):
     sde = VPSDE(N=50)
     seen = []
