@@ -15,6 +15,11 @@ class-conditional one, on (image, label) batches whose labels are replaced by th
 probability ``train.label_dropout``, drawn from the step's generator: classifier-free guidance), or a
 time-dependent classifier by ``noisy_classifier_loss`` (classifier guidance). The loop, EMA,
 checkpoints, resume and DDP are the same for both.
+
+Speed and memory switches (``scoresde.train_fast``), each computing what the plain loop computes:
+``train.amp``, ``train.compile``, ``train.grad_accum``, ``train.checkpoint_activations``,
+``train.fused_optimizer``, ``train.channels_last``. A training step never waits for the device:
+the host reads a tensor only to log (every ``train.log_every`` steps), checkpoint and snapshot.
 """
 from __future__ import annotations
 
@@ -26,14 +31,14 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import io
+from . import io, train_fast as fast
 from .config import Config, save_config
 from .data import BatchStream
 from .losses import LOSSES, drop_labels, noisy_classifier_loss
@@ -87,31 +92,6 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-# ---- optimizer state as tensors + JSON (no pickle) ----------------------------------------------
-
-def _optimizer_tensors(opt: torch.optim.Optimizer):
-    state = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in state["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value
-            else:
-                scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor], meta: dict) -> None:
-    state: Dict[int, dict] = {}
-    for key, value in tensors.items():
-        idx, _, name = key.partition(".")
-        state.setdefault(int(idx), {})[name] = value
-    for key, value in meta.get("scalars", {}).items():
-        idx, _, name = key.partition(".")
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 # ---- the trainer ---------------------------------------------------------------------------------
 
 class Trainer:
@@ -128,13 +108,18 @@ class Trainer:
         t = cfg.train
         if t.batch_size % self.dist.world:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes ({self.dist.world})")
+        fast.check_grad_accum(t.batch_size // self.dist.world, t.grad_accum)
         self.dataset = load_data(cfg, "train", n=cfg.data.n_train, generator=torch.Generator().manual_seed(t.seed))
         self.sde = build_sde(cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, self.sde, self.dataset.shape).to(self.device)
         self.net = self.model.net
-        self.ema = AveragedModel(self.net, multi_avg_fn=self._ema_update, use_buffers=True)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=t.lr, foreach=True)
+        # the EMA's weights and count (the loop updates them with fast.EMAUpdate, by the same lerp)
+        self.ema = AveragedModel(self.net, multi_avg_fn=lambda a, c, n: torch._foreach_lerp_(a, c, 1.0 - self._ema_decay()),
+                                 use_buffers=True)
+        fast.prepare_networks(self.net, self.ema.module, t, cfg.model["name"], self.dataset.is_image)
+        self._ema_step = fast.EMAUpdate(self.ema, self.net)
+        self.opt = fast.build_optimizer(self.net.parameters(), t.lr, t.fused_optimizer, self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, t))
         # labels travel with the images for a conditional score model and for a classifier (the
         # config checks guarantee the data set has them)
@@ -142,31 +127,25 @@ class Trainer:
         self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip,
                                   labels=self.num_classes > 0)
         self.step = 0
-        self.train_model = self.model
+        self.train_model, self.ddp = self.model, None
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            self.train_model = DistributedDataParallel(
+            self.train_model = self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:
             self.train_model = torch.compile(self.train_model)
-        loss_fn = noisy_classifier_loss if t.objective == "classifier" else LOSSES[t.loss]
-        if t.objective == "classifier":
-            self.loss_kwargs = dict(eps=t.eps)
-        elif t.loss == "dsm":
-            self.loss_kwargs = dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
-                                    importance_sampling=t.importance_sampling, reduce=t.reduce)
-        else:
-            self.loss_kwargs = dict(reduce=t.reduce)
-        self.loss_fn = loss_fn
+        self.loss_fn = noisy_classifier_loss if t.objective == "classifier" else LOSSES[t.loss]
+        self.loss_kwargs = (dict(eps=t.eps) if t.objective == "classifier" else dict(reduce=t.reduce) if t.loss != "dsm"
+                            else dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
+                                      importance_sampling=t.importance_sampling, reduce=t.reduce))
         self.noise = torch.Generator(device=self.device)
         self._stop_signal = None
 
-    def _ema_update(self, averaged, current, num_averaged) -> None:
+    def _ema_decay(self) -> float:
         """EMA with the usual warmup, decay_s = min(decay, (1 + s) / (10 + s)): early on, the average
-        must not be dominated by the (zero-output) initial network. Uses the host step counter, so
-        the update needs no device sync."""
-        decay = min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        must not be dominated by the (zero-output) initial network. From the host step counter, so
+        the update needs no device sync (the loop applies it with ``fast.EMAUpdate``)."""
+        return min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
 
     # -- state ---------------------------------------------------------------------------------
     def _seed_step(self, step: int) -> None:
@@ -177,7 +156,7 @@ class Trainer:
     def save(self) -> Optional[str]:
         if not self.dist.main:
             return None
-        opt_tensors, opt_meta = _optimizer_tensors(self.opt)
+        opt_tensors, opt_meta = fast.optimizer_tensors(self.opt)
         stream_state = self.stream.state_dict()
         stream_tensors = {k: v for k, v in stream_state.items() if torch.is_tensor(v)}
         stream_meta = {k: v for k, v in stream_state.items() if not torch.is_tensor(v)}
@@ -211,7 +190,8 @@ class Trainer:
             self.net.load_state_dict(tensors["model"])
             self.ema.module.load_state_dict(tensors["ema"])
             self.ema.n_averaged.copy_(tensors["state"]["ema.n_averaged"])
-            _load_optimizer(self.opt, tensors["optimizer"], meta["optimizer"])
+            self._ema_step.count = int(self.ema.n_averaged)
+            fast.load_optimizer(self.opt, tensors["optimizer"], meta["optimizer"])
             self.sched.load_state_dict(meta["scheduler"])
             stream_state = dict(meta["stream"])
             stream_state.update({k[len("stream."):]: v for k, v in tensors["state"].items() if k.startswith("stream.")})
@@ -253,38 +233,27 @@ class Trainer:
         self._install_signal_handlers()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not (self.progress and self.dist.main))
         running = torch.zeros((), device=self.device)
-        count, t_last, step_last = 0, time.time(), self.step
+        count, since = 0, (time.time(), self.step)
+        params = list(self.net.parameters())
         self.train_model.train()
         try:
-            while self.step < t.steps:
+            while self.step < t.steps:  # no host sync in a step: only in _report, save and snapshot
                 self._seed_step(self.step)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
-                    loss = self._loss(next(self.stream))
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                parts = fast.micro_batches(self._local(next(self.stream)), t.grad_accum)
+                running += fast.accumulate(self._loss, parts, self.ddp)
                 if t.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), t.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                 self.opt.step()
                 self.sched.step()
-                self.ema.update_parameters(self.net)
-                running += loss.detach()
+                self._ema_step(self._ema_decay())
                 count += 1
                 self.step += 1
                 bar.update(1)
                 last = self.step == t.steps or self._stop_signal is not None
                 if self.step % t.log_every == 0 or last or self.step % t.checkpoint_every == 0:
-                    mean_loss = (running / count).item()  # one host sync per log interval
-                    if not math.isfinite(mean_loss):
-                        raise TrainingError(f"the loss became {mean_loss} before step {self.step}; stopped without "
-                                            f"saving, the last good checkpoint in {self.ckpt_dir} is kept "
-                                            f"(lower train.lr or set train.grad_clip)")
-                    now = time.time()
-                    record = {"step": self.step, "loss": mean_loss, "lr": self.opt.param_groups[0]["lr"],
-                              "steps_per_sec": (self.step - step_last) / max(now - t_last, 1e-9)}
-                    self._log(record, writer)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    since, count = self._report(running / count, since, writer, bar), 0
                     running.zero_()
-                    count, t_last, step_last = 0, now, self.step
                 if self.step % t.checkpoint_every == 0 or last:
                     self.save()
                     self.dist.barrier()
@@ -299,20 +268,41 @@ class Trainer:
             self._restore_signal_handlers()
         return {"step": self.step, "status": "complete"}
 
-    def _loss(self, batch) -> torch.Tensor:
-        """The step's loss on this rank's slice of the global ``batch`` (images, or (images, labels))."""
+    def _report(self, mean: torch.Tensor, since: tuple, writer, bar) -> tuple:
+        """Log the mean loss since the last report (one host sync per log interval); stop on a
+        non-finite one. ``since``: (time, step) of the last report; returns this one's."""
+        mean_loss = mean.item()
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"the loss became {mean_loss} before step {self.step}; stopped without "
+                                f"saving, the last good checkpoint in {self.ckpt_dir} is kept "
+                                f"(lower train.lr or set train.grad_clip)")
+        now = time.time()
+        record = {"step": self.step, "loss": mean_loss, "lr": self.opt.param_groups[0]["lr"],
+                  "steps_per_sec": (self.step - since[1]) / max(now - since[0], 1e-9)}
+        self._log(record, writer)
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        return now, self.step
+
+    def _local(self, batch):
+        """This rank's slice of the global ``batch`` (images, or (images, labels)) on the device."""
+        x, *y = (v[self.dist.rank::self.dist.world].to(self.device, non_blocking=True)
+                 for v in ((batch,) if self.num_classes == 0 else batch))
+        x = fast.channels_last(x) if self.cfg.train.channels_last else x
+        return (x, *y) if y else x
+
+    def _loss(self, part) -> torch.Tensor:
+        """The loss on ``part``, a (micro-)batch of this rank's slice (images, or (images, labels))."""
         t = self.cfg.train
-        part = slice(self.dist.rank, None, self.dist.world)
-        if self.num_classes == 0:
-            x = batch[part].to(self.device, non_blocking=True)
-            return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, **self.loss_kwargs)
-        x, y = (v[part].to(self.device, non_blocking=True) for v in batch)
-        if t.objective == "classifier":
-            return self.loss_fn(self.train_model, self.sde, x, y, generator=self.noise, **self.loss_kwargs)
-        if t.label_dropout > 0:
-            # from the step's seeded generator, before the loss's own draws: a resumed run drops the same labels
-            y = drop_labels(y, t.label_dropout, self.num_classes, self.noise)
-        return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, y=y, **self.loss_kwargs)
+        x, y = (part, None) if self.num_classes == 0 else part
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
+            if y is None:
+                return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, **self.loss_kwargs)
+            if t.objective == "classifier":
+                return self.loss_fn(self.train_model, self.sde, x, y, generator=self.noise, **self.loss_kwargs)
+            if t.label_dropout > 0:
+                # from the step's seeded generator, before the loss's own draws: a resumed run drops the same labels
+                y = drop_labels(y, t.label_dropout, self.num_classes, self.noise)
+            return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, y=y, **self.loss_kwargs)
 
     # -- helpers -------------------------------------------------------------------------------
     def _install_signal_handlers(self):

@@ -56,6 +56,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _compile_arguments(parser, with_precision: bool) -> None:
+    """--compile and --compile-mode (scoresde.precision.compile_score) of sample and likelihood."""
+    from ..precision import COMPILE_MODES
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the network with torch.compile: the first batch is slower (it compiles), "
+                             "the steps after it faster; best with a fixed batch size (each new batch size, e.g. "
+                             "a last smaller batch, compiles again)"
+                             + ("; composes with --precision/--channels-last" if with_precision else ""))
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+                        help="torch.compile's mode, one of " + ", ".join(COMPILE_MODES) + " (implies --compile; "
+                             "--compile alone uses default). On a GPU reduce-overhead also captures the network as a CUDA "
+                             "graph (less launch overhead for small batches); it needs a fixed batch size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..sampling import SAMPLERS
     from ..sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS
@@ -119,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler's own arithmetic stays float32")
     s.add_argument("--channels-last", action="store_true",
                    help="image runs: the network's weights and inputs in channels_last memory format")
+    _compile_arguments(s, with_precision=True)
     s.add_argument("--class", dest="klass", metavar="K",
                    help="guide every sample towards class K (or sample i towards K_(i mod n) of a comma-separated "
                         "list K_0,K_1,...): classifier-free guidance on a class-conditional run (model.num_classes "
@@ -165,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--out", metavar="FILE.json", help="also write the per-point values (and every draw) as JSON")
     lk.add_argument("--device", default="auto",
                     help=device_help + "; under torchrun, auto/cuda/cuda:0 put each process on its LOCAL_RANK GPU")
+    _compile_arguments(lk, with_precision=False)
     lk.add_argument("--quiet", action="store_true", help="no progress bar")
     lk.set_defaults(func=cmd_likelihood)
 

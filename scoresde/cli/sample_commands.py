@@ -65,6 +65,7 @@ def cmd_sample(args) -> int:
         steps = None
     else:
         steps = args.steps or run.config.sample.steps
+    run = _compiled_run(run, args)  # after channels_last (the compiled network sees its weights' layout)
     if folder:
         from ..generate import DEFAULT_BATCH_SIZE, generate
         generate(run, args.num, out, sampler=args.sampler, steps=steps,
@@ -127,6 +128,7 @@ def cmd_likelihood(args) -> int:
         device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())  # one GPU per process
     run = load(args.run_dir, device=device)
     require_objective(run, "score", "scoresde likelihood RUN_DIR")
+    run = _compiled_run(run, args)
     options = {"method": args.method} if args.steps is None else {"method": args.method, "steps": args.steps}
     res = split_likelihood(run, args.split, args.num, batch_size=args.batch_size, dequant_repeats=args.dequant_repeats,
                            estimator=args.estimator, seed=args.seed, progress=not args.quiet, **options)
@@ -220,6 +222,22 @@ def cmd_compare(args) -> int:
 
 
 # ---- plumbing ----------------------------------------------------------------------------------
+
+
+def _compiled_run(run, args):
+    """``run`` with its score network compiled (``--compile``, ``--compile-mode``) by
+    ``scoresde.precision.compile_score``, else ``run`` itself. The compiled ScoreModel replaces
+    ``score_fn`` (and ``cond_score_fn``), so every score the command builds from it (precision and
+    channels_last wrappers, guidance, each batch of a folder) calls the one compiled network:
+    compiled once, and again only for another input shape (a last, smaller batch)."""
+    mode = getattr(args, "compile_mode", None)
+    if not (getattr(args, "compile", False) or mode is not None):
+        return run
+    import dataclasses
+    from ..precision import compile_score
+    compiled = compile_score(run.score_fn, mode=mode)
+    return dataclasses.replace(run, score_fn=compiled,
+                               cond_score_fn=compiled.cond_score_fn if run.cond_score_fn is not None else None)
 
 
 def _adaptive(name: str, fn, options: dict) -> bool:

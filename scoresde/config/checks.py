@@ -13,7 +13,7 @@ import math
 from typing import Any, Dict
 
 from ..options import closest
-from .schema import (CONDITIONAL_MODELS, CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH,
+from .schema import (CHECKPOINTABLE_MODELS, CONDITIONAL_MODELS, CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH,
                      MODEL_FIXED, NEEDS_ROOT, OBJECTIVES, PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES,
                      SECTIONS, Config, _error, model_names)
 
@@ -208,6 +208,7 @@ def _check_values(cfg: Config, source: str, data_root: bool = True) -> None:
     need(0 <= t.seed < 2 ** 31, "train.seed", "an integer in [0, 2^31)", t.seed)
     need(t.device in DEVICES, "train.device", f"one of {DEVICES}", t.device)
     need(d.name in DATA_NAMES, "data.name", f"one of {DATA_NAMES}", d.name)
+    _check_fast_paths(cfg, need)
     if data_root and d.root is None and d.name in NEEDS_ROOT:  # found here, the error names the key (not the reader's 'root')
         raise _error(source, "data.root", f"required for data.name {d.name!r} (the folder holding its files), "
                                           f"e.g. --set data.root=/path/to/{d.name}")
@@ -227,6 +228,25 @@ def _check_values(cfg: Config, source: str, data_root: bool = True) -> None:
     need(0 < smp.eps < 1, "sample.eps", "a number in (0, 1)", smp.eps)
     need(smp.num >= 1, "sample.num", "a positive integer", smp.num)
 
+
+
+def _check_fast_paths(cfg: Config, need) -> None:
+    """train.grad_accum, checkpoint_activations, fused_optimizer, channels_last (scoresde.train_fast)."""
+    from ..data import IMAGE_SETS  # lazy, as above
+    from ..train_fast import fused_adam_supported, torch_version
+
+    t, name = cfg.train, cfg.model["name"]
+    need(1 <= t.grad_accum <= t.batch_size and t.batch_size % t.grad_accum == 0, "train.grad_accum",
+         f"a positive integer dividing train.batch_size ({t.batch_size})", t.grad_accum)
+    need(not t.checkpoint_activations or name in CHECKPOINTABLE_MODELS, "train.checkpoint_activations",
+         f"false for model.name {name!r} (only {', '.join(CHECKPOINTABLE_MODELS)} have blocks to checkpoint)",
+         t.checkpoint_activations)
+    need(not t.channels_last or cfg.data.name in IMAGE_SETS, "train.channels_last",
+         f"false for data.name {cfg.data.name!r}, which is not image data (channels_last is a layout of "
+         f"4-D image batches: {', '.join(IMAGE_SETS)})", t.channels_last)
+    need(not (t.fused_optimizer and t.device != "auto" and not fused_adam_supported(t.device)),
+         "train.fused_optimizer", f"false or null: this torch ({torch_version()}) has no fused Adam on "
+         f"train.device {t.device!r}", t.fused_optimizer)
 
 
 def _check_conditional(cfg: Config, need) -> None:

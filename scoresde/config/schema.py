@@ -14,7 +14,12 @@ A config has five sections::
             objective: "score" (a score model, default) or "classifier" (a time-dependent classifier
             p_t(y | x_t) for classifier guidance: model.name mlp or unet builds its encoder with a linear
             head of model.num_classes logits); label_dropout: the probability of training a conditional
-            score model's step on the null class instead of the label (classifier-free guidance)
+            score model's step on the null class instead of the label (classifier-free guidance);
+            the speed and memory switches, each computing what the plain path computes (see
+            scoresde.train_fast): amp, compile, grad_accum (micro-batches per optimizer step),
+            checkpoint_activations (recompute the residual / attention blocks' activations in the
+            backward pass: unet, ncsnpp, ddpm), fused_optimizer (fused Adam; null: fused on CUDA,
+            foreach elsewhere), channels_last (NHWC memory layout: image data only)
     sample: the sampler used for snapshots and as the CLI's default
 
 Everything the other config modules share lives here, and this module imports none of them.
@@ -89,6 +94,10 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     compile: bool = False
+    grad_accum: int = 1                 # micro-batches per optimizer step (divides the batch per process)
+    checkpoint_activations: bool = False  # recompute block activations in backward (unet, ncsnpp, ddpm)
+    fused_optimizer: Optional[bool] = None  # fused Adam; None: fused on CUDA, foreach elsewhere
+    channels_last: bool = False         # NHWC weights and batches (image data only)
     tensorboard: bool = False
     objective: str = "score"
     label_dropout: float = 0.0
@@ -116,6 +125,8 @@ LOSS_NAMES = ("dsm", "ddpm", "smld")
 OBJECTIVES = ("score", "classifier")
 #: the networks that can be class-conditional (model.num_classes) or be built as a noisy classifier
 CONDITIONAL_MODELS = ("mlp", "unet")
+#: the networks with residual / attention blocks that train.checkpoint_activations checkpoints
+CHECKPOINTABLE_MODELS = ("unet", "ncsnpp", "ddpm")
 SAMPLERS = tuple(_SAMPLER_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
 HUGE = 10 ** 9

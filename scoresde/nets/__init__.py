@@ -22,6 +22,7 @@ from .mlp import MLP
 from .ncsnpp import NCSNpp
 from .unet import UNet
 from .classifier import CLASSIFIERS, MLPClassifier, UNetClassifier
+from .checkpointing import enable_checkpointing
 from .diffusers_unet import DiffusersUNet2D  # diffusers itself is imported only when one is built
 
 # Arguments build_net derives from data_shape, so they are not accepted as keywords.
@@ -91,4 +92,5 @@ def build_classifier(name: str, data_shape: Sequence[int], **kwargs) -> nn.Modul
 
 
 __all__ = ["GaussianFourierProjection", "SinusoidalEmbedding", "MLP", "UNet", "NCSNpp", "DDPM", "build_net",
-           "net_signature", "NETS", "MLPClassifier", "UNetClassifier", "CLASSIFIERS", "build_classifier"]
+           "net_signature", "NETS", "MLPClassifier", "UNetClassifier", "CLASSIFIERS", "build_classifier",
+           "enable_checkpointing"]

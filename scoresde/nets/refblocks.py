@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import fir as _fir
+from .checkpointing import Checkpointed
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(negative_slope=0.2), "swish": nn.SiLU}
 
@@ -110,7 +111,7 @@ class NIN(nn.Module):
         return F.conv2d(x, self.W.t()[:, :, None, None], self.b)
 
 
-class AttnBlock(nn.Module):
+class AttnBlock(Checkpointed, nn.Module):
     """Self-attention over the H W positions (one head, C channels)."""
 
     def __init__(self, channels: int, skip_rescale: bool = False, init_scale: float = 0.0, groups: Optional[int] = None):
@@ -131,7 +132,7 @@ class AttnBlock(nn.Module):
         return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
-class ResnetBlockDDPM(nn.Module):
+class ResnetBlockDDPM(Checkpointed, nn.Module):
     """DDPM's residual block (DDPM: groups 32, init_scale 0, no rescale; DDPM++: the defaults here)."""
 
     def __init__(self, act: nn.Module, in_ch: int, out_ch: Optional[int] = None, temb_dim: Optional[int] = None,
@@ -164,7 +165,7 @@ class ResnetBlockDDPM(nn.Module):
         return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
-class ResnetBlockBigGAN(nn.Module):
+class ResnetBlockBigGAN(Checkpointed, nn.Module):
     """BigGAN-style residual block of NCSN++, optionally resampling (``up`` / ``down``) both branches."""
 
     def __init__(self, act: nn.Module, in_ch: int, out_ch: Optional[int] = None, temb_dim: Optional[int] = None,

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import positive_int
+from .checkpointing import Checkpointed
 from .embeddings import ClassEmbedding, add_class_embedding, check_conditioning, check_num_classes, make_embedding
 
 
@@ -54,7 +55,7 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
-class ResBlock(nn.Module):
+class ResBlock(Checkpointed, nn.Module):
     """Residual block with time conditioning added after the first conv (DDPM++'s ResnetBlockDDPM)."""
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, skip_rescale: bool, num_groups: int):
@@ -75,7 +76,7 @@ class ResBlock(nn.Module):
         return (self.skip(x) + h) * self.scale
 
 
-class AttnBlock(nn.Module):
+class AttnBlock(Checkpointed, nn.Module):
     """Single-head self-attention over all H*W positions."""
 
     def __init__(self, channels: int, skip_rescale: bool, num_groups: int):

@@ -53,10 +53,18 @@ def tweedie(score: Callable, x: Tensor, t: Tensor, alpha: float, sigma: float) -
     return (x + sigma ** 2 * score(x, t)) / alpha
 
 
-def tweedie_at(score: Callable, sde: SDE, x: Tensor, eps: float) -> Tensor:
-    """Tweedie's E[x_0 | x_eps] with the SDE's continuous marginal coefficients at time eps."""
+def tweedie_at(score: Callable, sde: SDE, x: Tensor, eps: float, per_sample: bool = False) -> Tensor:
+    """Tweedie's E[x_0 | x_eps] with the SDE's continuous marginal coefficients at time eps.
+
+    t is laid out as the caller's own score calls had it, so that a compiled network sees the same
+    strides as at every step before and is not recompiled for this last call
+    (``scoresde.precision.compile_score``): one value expanded to (B,) (stride 0), as the ODE/SDE
+    solvers' times are (``clamped_time``), or with ``per_sample`` a (B,) tensor of its own, as the
+    per-sample times of ``adaptive_sde`` are."""
     alpha, sigma = (float(c) for c in sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64)))
-    return tweedie(score, x, torch.full((x.shape[0],), eps, device=x.device, dtype=x.dtype), alpha, sigma)
+    B = x.shape[0]
+    t = torch.full((B,) if per_sample else (), eps, device=x.device, dtype=x.dtype)
+    return tweedie(score, x, t if per_sample else t.expand(B), alpha, sigma)
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,10 @@ def run(score: Callable, grid: Grid, step: Step, x: Tensor, *, denoise: bool, pr
     so ``project`` is called exactly n times, after each full step (all its stages), with x at
     t_{k+1} and t_{k+1} as a (B,) tensor on x's device; the last call (k = n-1, t_n = eps) comes
     before the Tweedie step of ``denoise``. Its return value replaces x; it must not read the
-    device (no ``.item()``), as nothing else in the loop does."""
+    device (no ``.item()``), as nothing else in the loop does.
+
+    Every score call gets t as one grid time expanded to (B,), in x's dtype (never a Python float),
+    and x of one shape: a compiled network (``scoresde.precision.compile_score``) compiles once."""
     ts = device_times(grid, x)
     B = x.shape[0]
     end = float(grid.alpha[-1]), float(grid.sigma[-1])  # read before the loop, not after it

@@ -169,7 +169,7 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
         bar.close()
     nfe = 2 * iters
     if denoise:
-        x = tweedie_at(score, sde, x, eps)
+        x = tweedie_at(score, sde, x, eps, per_sample=True)  # t laid out as the loop's per-sample times
         nfe += 1
     _checks.finite_result(x, "adaptive_sde")
     return (x, AdaptiveStats(nfe, accepted, rejected)) if return_stats else x
