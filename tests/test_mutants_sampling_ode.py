@@ -123,7 +123,7 @@ def test_stacked_brownian_describes_the_stacked_batch():
     assert bm.shape == torch.Size((2, 3))
     assert bm.dtype == D and bm.device == paths[0].device
     assert bm.levy_area_approximation == "space-time"
-    assert repr(bm).startswith("_StackedBrownian(2 x ")
+    assert repr(bm) == f"_StackedBrownian(2 x {paths[0]!r})"
     W, U = bm(0.2, 0.7, return_U=True)
     for r, p in enumerate(paths):
         w, u = p(0.2, 0.7, return_U=True)
@@ -267,3 +267,104 @@ def test_probability_flow_progress_bar_counts_every_score_call(monkeypatch, meth
     (bar,) = Bar.made
     assert bar.desc == "probability_flow" and bar.closed
     assert bar.total == 3 * odeint_mod.STAGES[method] == bar.n == len(calls)
+
+
+# -- defaults, messages and the per-sample paths of srk ---------------------------------------------
+def test_no_progress_bar_unless_asked(monkeypatch):
+    sde = VPSDE()
+    score = mixture().score_fn(sde)
+    with_bar_and_counter(monkeypatch, score)
+    probability_flow(score, sde, prior(sde), method="euler", steps=2, denoise=False)
+    reverse_sde(score, sde, prior(sde), steps=2, denoise=False, generator=torch.Generator().manual_seed(0))
+    assert Bar.made == []
+
+
+def test_default_step_counts():
+    """probability_flow's fixed-step methods take 100 steps and reverse_sde 1000 unless told."""
+    sde = VESDE()
+    score = mixture().score_fn(sde)
+    x_T = prior(sde, n=2)
+    torch.testing.assert_close(probability_flow(score, sde, x_T, method="euler"),
+                               probability_flow(score, sde, x_T, method="euler", steps=100), rtol=0, atol=0)
+    assert not torch.equal(probability_flow(score, sde, x_T, method="euler"),
+                           probability_flow(score, sde, x_T, method="euler", steps=101))
+    run = lambda **k: reverse_sde(score, sde, x_T, generator=torch.Generator().manual_seed(5), **k)  # noqa: E731
+    torch.testing.assert_close(run(), run(steps=1000), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(method="rk45"), "method"), (dict(rtol=-1.0), "rtol"),
+                                          (dict(atol=0.0), "atol")])
+def test_probability_flow_errors_name_the_argument(kwargs, name):
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=rf"\b{name}\b") as e:
+        probability_flow(lambda x, t: -x, sde, prior(sde), **kwargs)
+    assert "XX" not in str(e.value) and name.upper() not in str(e.value)
+
+
+def test_reverse_sde_errors_name_the_argument():
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=r"\bmethod\b") as e:
+        reverse_sde(lambda x, t: -x, sde, prior(sde), method="heun")
+    assert "XX" not in str(e.value)
+    x = sde.prior_sampling((2, 3), generator=torch.Generator().manual_seed(0), dtype=D)
+    with pytest.raises(ValueError, match="reverse_sde: 4 per-sample generators for a batch of 2$"):
+        reverse_sde(lambda x, t: -x, sde, x, generator=SampleGenerators([1, 2, 3, 4]))
+
+
+def nan_score(x, t):
+    return torch.full_like(x, float("nan"))
+
+
+@pytest.mark.parametrize("run, routine", [
+    (lambda s, x: probability_flow(nan_score, s, x, method="euler", steps=3), "probability_flow"),
+    (lambda s, x: probability_flow(nan_score, s, x, method="dopri5"), "probability_flow"),
+    (lambda s, x: reverse_sde(nan_score, s, x, steps=3, generator=torch.Generator().manual_seed(0)), "reverse_sde"),
+])
+def test_a_nan_score_is_reported_by_the_routine(run, routine):
+    from scoresde._checks import NonFiniteError
+    sde = VPSDE()
+    with pytest.raises(NonFiniteError) as e:
+        run(sde, prior(sde))
+    assert str(e.value).startswith(routine + ":")
+
+
+def test_srk_per_sample_paths_are_each_rows_own():
+    """srk needs the space-time Lévy area of every row's own path (torchsde refuses a path without it)."""
+    sde = VPSDE()
+    score = mixture().score_fn(sde)
+    x_T = prior(sde, n=3, seed=8)
+    seeds = [3, 4, 5]
+    got = reverse_sde(score, sde, x_T, method="srk", steps=4, denoise=False, generator=SampleGenerators(seeds))
+    for r in range(3):
+        alone = reverse_sde(score, sde, x_T[r:r + 1], method="srk", steps=4, denoise=False,
+                            generator=SampleGenerators(seeds[r:r + 1]))
+        torch.testing.assert_close(got[r:r + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_adaptive_probability_flow_gives_torchdiffeq_only_options_it_knows():
+    """An option torchdiffeq does not know is ignored with a warning: the end-time option would be lost."""
+    import warnings
+    sde = VPSDE()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probability_flow(mixture().score_fn(sde), sde, prior(sde), method="dopri5", rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["bosh3", "adaptive_heun", "fehlberg2", "dopri8"])
+def test_adaptive_method_is_the_one_named(method):
+    """Each adaptive method reaches torchdiffeq as itself (an unknown name would fall back to dopri5): at a
+    loose tolerance the solvers differ by ~1e-3, the same solver on a rounding-different drift by ~1e-12."""
+    from torchdiffeq import odeint
+    sde = VPSDE()
+    score = mixture().score_fn(sde)
+    x_T = prior(sde, n=3, seed=6)
+
+    def pf(t, y):
+        tb = t.clamp(EPS, sde.T).expand(y.shape[0])
+        drift, g = sde.sde(y, tb)
+        return drift - 0.5 * g.reshape(-1, 1) ** 2 * score(y, tb)
+
+    ends = torch.tensor([sde.T, EPS], dtype=D)
+    want = odeint(pf, x_T, ends, method=method, rtol=1e-3, atol=1e-3, options={"step_t": [EPS]})[-1]
+    got = probability_flow(score, sde, x_T, method=method, rtol=1e-3, atol=1e-3, eps=EPS, denoise=False)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
