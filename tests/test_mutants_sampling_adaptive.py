@@ -229,3 +229,103 @@ def test_push_only_where_masked_and_reserve_keeps_the_pieces():
     assert st.h.shape[1] > cap + 2
     torch.testing.assert_close(st.h[0, :cap + 2], torch.tensor([0.1 * (k + 1) for k in range(cap + 2)], dtype=D))
     assert st.w[0, :cap + 2, 0].tolist() == [float(k) for k in range(cap + 2)]
+
+
+def test_take_a_piece_that_exactly_fits_pops_it():
+    """A step exactly as long as the top piece takes all of it: splitting would leave an empty piece on
+    the stack, and the next take would return a step of length 0."""
+    st = stacks_with([[(0.25, 0.5)]])
+    h, dw = st.take(torch.tensor([0.25], dtype=D), torch.tensor([[3.0]], dtype=D))
+    assert h.tolist() == [0.25] and dw.tolist() == [[0.5]] and st.depth.tolist() == [0]
+
+
+# -- defaults, layouts and messages -----------------------------------------------------------------
+def test_documented_defaults():
+    import inspect
+    p = inspect.signature(adaptive_sde).parameters
+    assert {k: p[k].default for k in ("rtol", "atol", "eps", "h_init", "safety", "exponent", "memory", "max_iters",
+                                      "denoise", "progress", "return_stats")} == dict(
+        rtol=1e-2, atol=1e-2, eps=1e-3, h_init=1e-2, safety=0.9, exponent=0.9, memory=True, max_iters=100_000,
+        denoise=True, progress=False, return_stats=False)
+
+
+def test_no_progress_bar_unless_asked(monkeypatch):
+    monkeypatch.setattr(adaptive_mod, "tqdm", Bar)
+    Bar.made = []
+    sde = VPSDE()
+    x_T = sde.prior_sampling((2, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    adaptive_sde(mixture().score_fn(sde), sde, x_T, rtol=0.1, atol=0.1, generator=torch.Generator().manual_seed(0))
+    assert Bar.made == []
+
+
+def test_every_score_call_gets_per_sample_times():
+    """t is a (B,) tensor with one stride per sample at every call, the final denoising one included, so a
+    compiled network (scoresde.precision.compile_score) sees one layout and compiles once."""
+    sde, layouts = VPSDE(), []
+    score = mixture().score_fn(sde)
+
+    def spy(x, t):
+        layouts.append((tuple(t.shape), t.stride(), t.dtype))
+        return score(x, t)
+
+    x_T = sde.prior_sampling((3, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    adaptive_sde(spy, sde, x_T, rtol=0.1, atol=0.1, generator=torch.Generator().manual_seed(0))
+    assert set(layouts) == {((3,), (1,), D)}
+
+
+def test_a_batch_of_one():
+    sde, mix = VESDE(), mixture()
+    x_T = sde.prior_sampling((1, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    got, stats = adaptive_sde(mix.score_fn(sde), sde, x_T, generator=torch.Generator().manual_seed(1), return_stats=True)
+    want, accepted, rejected, nfe = reference(mix.score_fn(sde), sde, x_T, torch.Generator().manual_seed(1), rtol=1e-2,
+                                              atol=1e-2, eps=1e-3, h_init=1e-2, safety=0.9, exponent=0.9, memory=True,
+                                              denoise=True)
+    assert stats.accepted.tolist() == accepted and stats.nfe == nfe
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arg, value", [("rtol", 0.0), ("atol", 1.5), ("h_init", -1.0), ("safety", 1.0),
+                                        ("exponent", 1.5), ("max_iters", 0)])
+def test_bad_parameters_are_named(arg, value):
+    sde = VPSDE()
+    x_T = sde.prior_sampling((2, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    with pytest.raises(ValueError) as e:
+        adaptive_sde(lambda x, t: -x, sde, x_T, **{arg: value})
+    assert str(e.value).startswith(f"{arg} must be ")
+
+
+def test_a_nan_error_estimate_is_reported_in_full():
+    sde = VPSDE()
+    x_T = sde.prior_sampling((2, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    with pytest.raises(Exception) as e:
+        adaptive_sde(lambda x, t: torch.full_like(x, float("nan")), sde, x_T, generator=torch.Generator().manual_seed(0))
+    assert str(e.value) == ("adaptive_sde: the score function returned non-finite values "
+                            "(NaN or inf in the error estimate)")
+
+
+def test_max_iters_message_says_what_to_do():
+    sde = VPSDE()
+    x_T = sde.prior_sampling((2, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    with pytest.raises(RuntimeError) as e:
+        adaptive_sde(mixture().score_fn(sde), sde, x_T, max_iters=3, generator=torch.Generator().manual_seed(0))
+    assert str(e.value) == ("adaptive_sde: samples still above eps after max_iters=3 iterations; "
+                            "loosen rtol/atol or raise max_iters")
+
+
+def test_a_nan_in_the_denoising_step_is_reported_by_the_sampler():
+    """The loop's own check cannot see the last (Tweedie) evaluation; the result check names the sampler."""
+    sde = VPSDE()
+    score = mixture().score_fn(sde)
+    x_T = sde.prior_sampling((2, 2), generator=torch.Generator().manual_seed(0), dtype=D)
+    _, stats = adaptive_sde(score, sde, x_T, rtol=0.1, atol=0.1, generator=torch.Generator().manual_seed(0),
+                            return_stats=True)
+    calls = []
+
+    def nan_last(x, t):
+        calls.append(1)
+        s = score(x, t)
+        return torch.full_like(s, float("nan")) if len(calls) == stats.nfe else s
+
+    with pytest.raises(Exception) as e:
+        adaptive_sde(nan_last, sde, x_T, rtol=0.1, atol=0.1, generator=torch.Generator().manual_seed(0))
+    assert str(e.value).startswith("adaptive_sde: the result contains NaN")
