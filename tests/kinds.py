@@ -136,6 +136,24 @@ EXACT = {
                                          "test_corrector_steps_are_their_formula"},
     "test_mutants_sde": ALL,
     "test_mutants_train": ALL,
+    "test_mutants_sampling_ode": {
+        "test_reverse_sde_is_euler_maruyama_on_torchsdes_path", "test_reverse_sde_per_sample_paths_are_each_rows_own",
+        "test_fixed_step_probability_flow_is_its_runge_kutta_scheme",
+        "test_adaptive_probability_flow_reaches_the_closed_form_map", "test_srk_per_sample_paths_are_each_rows_own",
+        "test_adaptive_method_is_the_one_named", "test_stacked_brownian_describes_the_stacked_batch",
+    },
+    "test_mutants_sampling_adaptive": {
+        "test_adaptive_sde_is_the_algorithm_written_out", "test_take_without_a_piece_is_a_fresh_increment",
+        "test_take_a_whole_piece_and_split_one_by_the_bridge", "test_push_only_where_masked_and_reserve_keeps_the_pieces",
+        "test_take_a_piece_that_exactly_fits_pops_it", "test_a_batch_of_one",
+    },
+    "test_fast_paths": {
+        "test_grad_accum_equals_one_big_batch", "test_grad_accum_with_clipping_equals_one_big_batch",
+        "test_grad_accum_with_labels_splits_images_and_labels_alike",
+        "test_checkpointing_gives_the_same_gradients_and_saves_less", "test_fused_adam_steps_as_foreach_adam",
+        "test_channels_last_same_loss_and_gradients",
+    },
+    "test_compiled": {"test_sampler_compiles_once_and_matches_eager", "test_inductor_ddim_matches_eager"},
     "test_no_grad": {"test_score_functions_may_take_input_gradients"},
     "test_nets": {
         "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",
