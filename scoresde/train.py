@@ -114,9 +114,9 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, self.sde, self.dataset.shape).to(self.device)
         self.net = self.model.net
-        # the EMA's weights and count (the loop updates them with fast.EMAUpdate, by the same lerp)
-        self.ema = AveragedModel(self.net, multi_avg_fn=lambda a, c, n: torch._foreach_lerp_(a, c, 1.0 - self._ema_decay()),
-                                 use_buffers=True)
+        # holds the EMA's weights and count (what checkpoints store); the loop updates them with
+        # fast.EMAUpdate, never with AveragedModel.update_parameters (a re-grouping and a host read per step)
+        self.ema = AveragedModel(self.net, use_buffers=True)
         fast.prepare_networks(self.net, self.ema.module, t, cfg.model["name"], self.dataset.is_image)
         self._ema_step = fast.EMAUpdate(self.ema, self.net)
         self.opt = fast.build_optimizer(self.net.parameters(), t.lr, t.fused_optimizer, self.device)
