@@ -45,10 +45,6 @@ from .precision import to_channels_last
 Batch = Union[Tensor, Sequence[Tensor]]
 
 
-def torch_version() -> str:
-    return torch.__version__
-
-
 def prepare_networks(net: nn.Module, ema_net: nn.Module, t, model_name: str, is_image: bool) -> None:
     """Apply ``train.channels_last`` (to the trained network and its EMA copy) and
     ``train.checkpoint_activations`` (to the trained network only: the EMA copy is only evaluated) of

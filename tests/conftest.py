@@ -133,6 +133,25 @@ def pytest_collection_modifyitems(items):
         item.add_marker(getattr(pytest.mark, kind(name, getattr(item, "originalname", item.name))))
 
 
+def tiny_toy_run(tmp_path_factory) -> str:
+    """A 10-step checkerboard run (MLP); its config's sample.steps is 5."""
+    from scoresde.config import from_dict
+    from scoresde.train import train
+    workdir = tmp_path_factory.mktemp("toy") / "run"
+    train(from_dict(tiny_run(steps=10, checkpoint_every=10, log_every=10)), str(workdir), progress=False)
+    return str(workdir)
+
+
+def counting(fn):
+    """``fn(x, t)`` with its calls counted: returns (the wrapper, the list that grows by one per call)."""
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return fn(x, t)
+    return score, calls
+
+
 def tiny_digits_run(tmp_path_factory) -> str:
     """A 2-step U-Net run on 8x8 digits (1 x 8 x 8 images on [-1, 1]): the image run of the CLI,
     generation, precision and likelihood tests, trained in about a second."""

@@ -26,7 +26,7 @@ from scoresde.data.toys import on_checkerboard
 from scoresde.sampling import SAMPLERS, sample
 from scoresde.train import Trainer, train
 
-from conftest import tiny_run
+from conftest import tiny_run, tiny_toy_run
 
 
 class Calls:
@@ -42,10 +42,7 @@ class Calls:
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    """A 10-step checkerboard run (MLP); its config's sample.steps is 5."""
-    workdir = tmp_path_factory.mktemp("toy") / "run"
-    train(from_dict(tiny_run(steps=10, checkpoint_every=10, log_every=10)), str(workdir), progress=False)
-    return str(workdir)
+    return tiny_toy_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from scoresde.nets import build_net
 from scoresde.precision import compile_score, precision_score, to_channels_last
 from scoresde.sampling import ADAPTIVE, SAMPLERS
 
-from conftest import tiny_digits_run, tiny_run
+from conftest import tiny_digits_run, tiny_toy_run
 
 REL_TOL_INDUCTOR = 1e-5
 B = 8
@@ -374,12 +374,7 @@ def test_compile_score_compiles_the_network_only(monkeypatch):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    """A 10-step checkerboard run (MLP); its config's sample.steps is 5."""
-    from scoresde.config import from_dict
-    from scoresde.train import train
-    workdir = tmp_path_factory.mktemp("toy") / "run"
-    train(from_dict(tiny_run(steps=10, checkpoint_every=10, log_every=10)), str(workdir), progress=False)
-    return str(workdir)
+    return tiny_toy_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,7 @@ import torch
 from scoresde import VPSDE, VESDE
 from scoresde import sampling as S
 
-
-def counting(fn):
-    calls = []
-
-    def score(x, t):
-        calls.append(1)
-        return fn(x, t)
-    return score, calls
+from conftest import counting
 
 
 def test_default_dpm_solver_is_20_multistep_steps_plus_the_denoising_step(mixture):

@@ -26,6 +26,8 @@ from scoresde.sampling.generators import SampleGenerators
 from scoresde.sampling.grids import time_grid
 from scoresde.sampling.sdeint import _StackedBrownian
 
+from conftest import counting
+
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 EPS = 1e-3
 D = torch.float64
@@ -149,12 +151,8 @@ class Bar:
 def with_bar_and_counter(monkeypatch, score):
     """Progress bars recorded (Bar.made), and ``score`` with its calls counted."""
     monkeypatch.setattr(_ode, "tqdm", Bar)
-    Bar.made, calls = [], []
-
-    def counted(x, t):
-        calls.append(1)
-        return score(x, t)
-    return counted, calls
+    Bar.made = []
+    return counting(score)
 
 
 @pytest.mark.parametrize("method, per_step", [("euler", 1), ("srk", 2)])

@@ -9,14 +9,7 @@ import torch
 from scoresde import VPSDE
 from scoresde import sampling as S
 
-
-def counting(fn):
-    calls = []
-
-    def score(x, t):
-        calls.append(1)
-        return fn(x, t)
-    return score, calls
+from conftest import counting
 
 
 @pytest.mark.parametrize("sampler,kwargs,nfe", [

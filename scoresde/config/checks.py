@@ -232,8 +232,10 @@ def _check_values(cfg: Config, source: str, data_root: bool = True) -> None:
 
 def _check_fast_paths(cfg: Config, need) -> None:
     """train.grad_accum, checkpoint_activations, fused_optimizer, channels_last (scoresde.train_fast)."""
+    import torch
+
     from ..data import IMAGE_SETS  # lazy, as above
-    from ..train_fast import fused_adam_supported, torch_version
+    from ..train_fast import fused_adam_supported
 
     t, name = cfg.train, cfg.model["name"]
     need(1 <= t.grad_accum <= t.batch_size and t.batch_size % t.grad_accum == 0, "train.grad_accum",
@@ -245,7 +247,7 @@ def _check_fast_paths(cfg: Config, need) -> None:
          f"false for data.name {cfg.data.name!r}, which is not image data (channels_last is a layout of "
          f"4-D image batches: {', '.join(IMAGE_SETS)})", t.channels_last)
     need(not (t.fused_optimizer and t.device != "auto" and not fused_adam_supported(t.device)),
-         "train.fused_optimizer", f"false or null: this torch ({torch_version()}) has no fused Adam on "
+         "train.fused_optimizer", f"false or null: this torch ({torch.__version__}) has no fused Adam on "
          f"train.device {t.device!r}", t.fused_optimizer)
 
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._checks import positive_int
-from .embeddings import check_conditioning, make_embedding
-from .mlp import _ResidualBlock
-from .unet import AttnBlock, ResBlock, _zero, build_encoder, check_image, check_unet_args, group_norm, run_layers
+from .embeddings import check_conditioning
+from .mlp import build_trunk, trunk_features
+from .unet import _zero, build_encoder, check_image, group_norm, run_layers
 
 
 def _classes(num_classes) -> int:
@@ -44,26 +42,12 @@ class MLPClassifier(nn.Module):
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, embed_dim: int = 128,
                  embedding: str = "fourier", fourier_scale: float = 16.0, num_classes: int = 2):
         super().__init__()
-        self.dim = positive_int(dim, "dim")
-        positive_int(hidden, "hidden")
-        positive_int(depth, "depth")
+        build_trunk(self, dim, hidden, depth, embed_dim, embedding, fourier_scale)
         self.num_classes = _classes(num_classes)
-        self.embed = make_embedding(embedding, embed_dim, fourier_scale)
-        self.time_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.inp = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(_ResidualBlock(hidden, hidden) for _ in range(depth))
         self.head = _zero(nn.Linear(hidden, num_classes))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        if not torch.is_tensor(x) or x.dim() < 2 or x[0].numel() != self.dim:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must have shape (B, {self.dim}) or (B, ...) with {self.dim} elements per sample, got {got}")
-        check_conditioning(c, x)
-        temb = self.time_mlp(self.embed(c))
-        h = self.inp(x.reshape(x.shape[0], self.dim))
-        for block in self.blocks:
-            h = block(h, temb)
-        return self.head(F.silu(h))
+        return self.head(trunk_features(self, x, c))
 
 
 class UNetClassifier(nn.Module):
@@ -79,17 +63,9 @@ class UNetClassifier(nn.Module):
                  image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, num_groups: int = 32, num_classes: int = 10):
         super().__init__()
-        channel_mults, attn_resolutions = check_unet_args(in_channels, channels, channel_mults, num_res_blocks,
-                                                          attn_resolutions, dropout, image_size, num_groups)
-        self.in_channels, self.image_size = in_channels, image_size
+        ch = build_encoder(self, in_channels, channels, channel_mults, num_res_blocks, attn_resolutions, dropout,
+                           image_size, embedding, fourier_scale, skip_rescale, num_groups).ch
         self.num_classes = _classes(num_classes)
-
-        temb_dim = 4 * channels
-        self.embed = make_embedding(embedding, channels, fourier_scale)
-        self.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        _, ch, _ = build_encoder(self, in_channels, channels, channel_mults, num_res_blocks, attn_resolutions,
-                                 image_size, lambda i, o: ResBlock(i, o, temb_dim, dropout, skip_rescale, num_groups),
-                                 lambda c: AttnBlock(c, skip_rescale, num_groups))
         self.norm_out = group_norm(ch, num_groups)
         self.head = _zero(nn.Linear(ch, num_classes))
 

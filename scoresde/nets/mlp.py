@@ -40,6 +40,36 @@ class _ResidualBlock(nn.Module):
         return h + self.lin2(nn.functional.silu(self.lin1(nn.functional.silu(h)) + self.temb(temb)))
 
 
+def build_trunk(net: nn.Module, dim: int, hidden: int, depth: int, embed_dim: int, embedding: str,
+                fourier_scale: float) -> None:
+    """Check the MLP's sizes and give ``net`` what the score MLP and its classifier share: ``dim``,
+    the time embedding (``embed``, ``time_mlp``), ``inp`` and the residual ``blocks``, in that order
+    (so a seed draws the same initial weights in both)."""
+    net.dim = positive_int(dim, "dim")
+    positive_int(hidden, "hidden")
+    positive_int(depth, "depth")
+    net.embed = make_embedding(embedding, embed_dim, fourier_scale)
+    net.time_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+    net.inp = nn.Linear(dim, hidden)
+    net.blocks = nn.ModuleList(_ResidualBlock(hidden, hidden) for _ in range(depth))
+
+
+def trunk_features(net: nn.Module, x: Tensor, c: Tensor, temb_of=None) -> Tensor:
+    """The trunk's last hidden features SiLU(h) (B, hidden) of x (B, ...) with ``net.dim`` elements per
+    sample; ``temb_of(temb)`` may change the time embedding first (the class embedding)."""
+    if not torch.is_tensor(x) or x.dim() < 2 or x[0].numel() != net.dim:
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"x must have shape (B, {net.dim}) or (B, ...) with {net.dim} elements per sample, got {got}")
+    check_conditioning(c, x)
+    temb = net.time_mlp(net.embed(c))
+    if temb_of is not None:
+        temb = temb_of(temb)
+    h = net.inp(x.reshape(x.shape[0], net.dim))
+    for block in net.blocks:
+        h = block(h, temb)
+    return nn.functional.silu(h)
+
+
 class MLP(nn.Module):
     """Residual MLP f(x, c) for data of ``dim`` elements per sample.
 
@@ -58,14 +88,8 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, embed_dim: int = 128,
                  embedding: str = "fourier", fourier_scale: float = 16.0, num_classes: int = 0):
         super().__init__()
-        self.dim = positive_int(dim, "dim")
-        positive_int(hidden, "hidden")
-        positive_int(depth, "depth")
+        build_trunk(self, dim, hidden, depth, embed_dim, embedding, fourier_scale)
         self.num_classes = check_num_classes(num_classes)
-        self.embed = make_embedding(embedding, embed_dim, fourier_scale)
-        self.time_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.inp = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(_ResidualBlock(hidden, hidden) for _ in range(depth))
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -75,12 +99,5 @@ class MLP(nn.Module):
             self.class_embed = ClassEmbedding(num_classes, hidden)
 
     def forward(self, x: Tensor, c: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        if not torch.is_tensor(x) or x.dim() < 2 or x[0].numel() != self.dim:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must have shape (B, {self.dim}) or (B, ...) with {self.dim} elements per sample, got {got}")
-        check_conditioning(c, x)
-        temb = add_class_embedding(self, self.time_mlp(self.embed(c)), y, x)
-        h = self.inp(x.reshape(x.shape[0], self.dim))
-        for block in self.blocks:
-            h = block(h, temb)
-        return self.out(nn.functional.silu(h)).reshape(x.shape)
+        h = trunk_features(self, x, c, lambda temb: add_class_embedding(self, temb, y, x))
+        return self.out(h).reshape(x.shape)

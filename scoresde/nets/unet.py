@@ -21,7 +21,8 @@ the identity and the network as the zero function.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -133,11 +134,42 @@ def check_unet_args(in_channels, channels, channel_mults, num_res_blocks, attn_r
     return channel_mults, attn_resolutions
 
 
-def build_encoder(net: nn.Module, in_channels: int, channels: int, channel_mults: tuple, num_res_blocks: int,
-                  attn_resolutions: set, image_size: int, block, attn) -> Tuple[List[int], int, int]:
-    """Give ``net`` the U-Net's input conv, down path and middle block (``conv_in``, ``down``, ``mid``;
-    ``block(in, out)`` and ``attn(ch)`` build its layers). Returns the channel count of every feature
-    map kept for a skip connection, the channel count and the resolution at the bottom."""
+@dataclass
+class Encoder:
+    """What ``build_encoder`` leaves for the rest of a network: the checked ``channel_mults`` and
+    ``attn_resolutions``, the layer builders ``block(in, out)`` and ``attn(ch)``, the time-embedding
+    width, the channel count of every feature map kept for a skip connection, and the channel count
+    and resolution at the bottom."""
+    channel_mults: tuple
+    attn_resolutions: set
+    block: Callable[[int, int], nn.Module]
+    attn: Callable[[int], nn.Module]
+    temb_dim: int
+    skips: List[int]
+    ch: int
+    res: int
+
+
+def build_encoder(net: nn.Module, in_channels: int, channels: int, channel_mults: Sequence[int], num_res_blocks: int,
+                  attn_resolutions: Sequence[int], dropout: float, image_size: int, embedding: str,
+                  fourier_scale: float, skip_rescale: bool, num_groups: int) -> Encoder:
+    """Check the U-Net's arguments (``check_unet_args``) and give ``net`` what the score U-Net and its
+    classifier share: ``in_channels``, ``image_size``, the time embedding (``embed``, ``time_mlp``),
+    the input conv, the down path and the middle block (``conv_in``, ``down``, ``mid``), built in
+    that order (so a seed draws the same initial weights in both)."""
+    channel_mults, attn_resolutions = check_unet_args(in_channels, channels, channel_mults, num_res_blocks,
+                                                      attn_resolutions, dropout, image_size, num_groups)
+    net.in_channels, net.image_size = in_channels, image_size
+    temb_dim = 4 * channels
+    net.embed = make_embedding(embedding, channels, fourier_scale)
+    net.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+
+    def block(i: int, o: int) -> nn.Module:
+        return ResBlock(i, o, temb_dim, dropout, skip_rescale, num_groups)
+
+    def attn(c: int) -> nn.Module:
+        return AttnBlock(c, skip_rescale, num_groups)
+
     net.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
     net.down = nn.ModuleList()
     skips, ch, res = [channels], channels, image_size
@@ -154,7 +186,7 @@ def build_encoder(net: nn.Module, in_channels: int, channels: int, channel_mults
             skips.append(ch)
             res //= 2
     net.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])
-    return skips, ch, res
+    return Encoder(channel_mults, attn_resolutions, block, attn, temb_dim, skips, ch, res)
 
 
 def check_image(net: nn.Module, x: Tensor) -> None:
@@ -195,25 +227,17 @@ class UNet(nn.Module):
                  image_size: int = 32, embedding: str = "fourier", fourier_scale: float = 16.0,
                  skip_rescale: bool = True, num_groups: int = 32, num_classes: int = 0):
         super().__init__()
-        channel_mults, attn_resolutions = check_unet_args(in_channels, channels, channel_mults, num_res_blocks,
-                                                          attn_resolutions, dropout, image_size, num_groups)
-        self.in_channels, self.image_size = in_channels, image_size
+        enc = build_encoder(self, in_channels, channels, channel_mults, num_res_blocks, attn_resolutions, dropout,
+                            image_size, embedding, fourier_scale, skip_rescale, num_groups)
         self.num_classes = check_num_classes(num_classes)
-
-        temb_dim = 4 * channels
-        self.embed = make_embedding(embedding, channels, fourier_scale)
-        self.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        block = lambda i, o: ResBlock(i, o, temb_dim, dropout, skip_rescale, num_groups)  # noqa: E731
-        attn = lambda c: AttnBlock(c, skip_rescale, num_groups)  # noqa: E731
-        skips, ch, res = build_encoder(self, in_channels, channels, channel_mults, num_res_blocks, attn_resolutions,
-                                       image_size, block, attn)
+        skips, ch, res, block, attn = enc.skips, enc.ch, enc.res, enc.block, enc.attn
         # Up path: each block consumes one skip, in reverse order.
         self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mults))):
+        for level, mult in reversed(list(enumerate(enc.channel_mults))):
             for _ in range(num_res_blocks + 1):
                 layers = [block(ch + skips.pop(), channels * mult)]
                 ch = channels * mult
-                if res in attn_resolutions:
+                if res in enc.attn_resolutions:
                     layers.append(attn(ch))
                 self.up.append(nn.ModuleList(layers))
             if level != 0:
@@ -225,7 +249,7 @@ class UNet(nn.Module):
         if num_classes:
             # Only then (an unconditional network keeps its state-dict keys), and last, so the other
             # layers draw the same initial weights as the unconditional network's for a seed.
-            self.class_embed = ClassEmbedding(num_classes, temb_dim)
+            self.class_embed = ClassEmbedding(num_classes, enc.temb_dim)
 
     def forward(self, x: Tensor, c: Tensor, y: Optional[Tensor] = None) -> Tensor:
         check_image(self, x)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -82,15 +82,19 @@ def _has_hook(fn: Callable) -> bool:
         return False
 
 
+def _broadcasts_to(a: Tensor, x: Tensor) -> bool:
+    """Whether ``a`` broadcasts to x's shape exactly (not to a larger one)."""
+    try:
+        return torch.broadcast_shapes(a.shape, x.shape) == x.shape
+    except RuntimeError:
+        return False
+
+
 def _mask(mask, x: Tensor) -> Tensor:
     """``mask`` as a bool tensor on x's device, broadcastable to x (one host read, before sampling)."""
     if not torch.is_tensor(mask):
         raise ValueError(f"mask must be a tensor (bool, or float of 0 and 1), got {type(mask).__name__}")
-    try:
-        ok = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _broadcasts_to(mask, x):
         raise ValueError(f"mask must be broadcastable to x_T's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
@@ -103,11 +107,7 @@ def _known(known, mask: Tensor, x: Tensor) -> Tensor:
     if not torch.is_tensor(known) or not known.is_floating_point():
         raise ValueError(f"known must be a floating-point tensor shaped like x_T {tuple(x.shape)}, got "
                          f"{type(known).__name__}" + (f" of dtype {known.dtype}" if torch.is_tensor(known) else ""))
-    try:
-        ok = torch.broadcast_shapes(known.shape, x.shape) == x.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _broadcasts_to(known, x):
         raise ValueError(f"known must have x_T's shape {tuple(x.shape)} (or broadcast to it), got {tuple(known.shape)}")
     known = known.to(device=x.device, dtype=x.dtype)
     if not bool(torch.isfinite(torch.where(mask, known, 0.0)).all()):
