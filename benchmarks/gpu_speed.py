@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import _common
-from _common import ROOT, sync
+from _common import ROOT, parameter_count, sync
 import scoresde.train as _train_module
 from scoresde import dsm_loss
 from scoresde import precision as _precision
@@ -440,10 +440,6 @@ def free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def millions(n: int) -> str:
