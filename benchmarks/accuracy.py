@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-import _common as C
+import _bench as C
 from scoresde import metrics
 from scoresde import sampling as S
 from scoresde.analytic import GaussianMixture

@@ -31,7 +31,7 @@ network's matmul / convolution / attention FLOPs, the same for every variant; op
 elementwise ops are not counted. TFLOP/s = FLOPs per step x steps/s; share = TFLOP/s / --peak-tflops
 (default 790, the H200's dense bf16 peak; fp32 rows are held against the same number).
 
-Timing: contenders of a section are timed alternately (order rotating, _common's rule), each call
+Timing: contenders of a section are timed alternately (order rotating, _bench's rule), each call
 bracketed by torch.cuda.synchronize; the first --warmup steps (one sampling run) of each are untimed
 and reported separately as "warm-up s" (for compiled variants: the compilation). Peak memory (CUDA):
 what the contender would need alone = its persistent tensors (weights, gradients, optimizer state,
@@ -61,8 +61,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import _common
-from _common import ROOT, parameter_count, sync
+import _bench
+from _bench import ROOT, parameter_count, sync
 import scoresde.train as _train_module
 from scoresde import dsm_loss
 from scoresde import precision as _precision
@@ -194,7 +194,7 @@ def training_data(cfg, batch: int, seed: int):
     d = cfg.data
     if d.name in NEEDS_ROOT and (d.root is None or not os.path.isdir(d.root)):
         if d.name not in SYNTHETIC_SHAPES:
-            _common.fail(f"data.name {d.name!r} needs data.root (an existing folder), got {d.root!r}")
+            _bench.fail(f"data.name {d.name!r} needs data.root (an existing folder), got {d.root!r}")
         c, h, w = SYNTHETIC_SHAPES[d.name]
         if d.image_size:
             h = w = d.image_size
@@ -384,7 +384,7 @@ class Runner:
                 continue
             try:
                 contender = spec.build()
-                t_warm = _common.timed(lambda: contender.run(spec.warm_units), device)
+                t_warm = _bench.timed(lambda: contender.run(spec.warm_units), device)
             except Exception as e:  # a variant the installed code cannot build or run is a note, not a crash
                 self.skip(spec.what, f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
                 contender = None
@@ -408,10 +408,10 @@ class Runner:
                     sync(device)
                     before = torch.cuda.memory_allocated(device)
                     torch.cuda.reset_peak_memory_stats(device)
-                    times[i].append(_common.timed(lambda: contender.run(spec.timed_units), device))
+                    times[i].append(_bench.timed(lambda: contender.run(spec.timed_units), device))
                     peaks[i] = storage_bytes(contender.tensors()) + torch.cuda.max_memory_allocated(device) - before
                 else:
-                    times[i].append(_common.timed(lambda: contender.run(spec.timed_units), device))
+                    times[i].append(_bench.timed(lambda: contender.run(spec.timed_units), device))
             rounds += 1
             t_round = time.perf_counter() - t_round
             print(f"  round {r + 1}: " + ", ".join(f"{built[i][0].what.split(': ')[-1]} "
@@ -422,7 +422,7 @@ class Runner:
                 print(f"  --budget-s: stopping after {rounds} round(s)", flush=True)
                 break
         for i, (spec, contender, t_warm) in enumerate(built):
-            med = _common.median(times[i])
+            med = _bench.median(times[i])
             rate = spec.per_call / med
             tflops = None if spec.flops_per_unit is None else rate * spec.flops_per_unit / 1e12
             self.rows.append(dict(
@@ -468,7 +468,7 @@ def config_path(name: str) -> str:
         return name
     path = os.path.join(ROOT, "configs", name + ".yaml")
     if not os.path.isfile(path):
-        _common.fail(f"--config {name!r}: neither a file nor a config in configs/")
+        _bench.fail(f"--config {name!r}: neither a file nor a config in configs/")
     return path
 
 
@@ -676,7 +676,7 @@ def rate_text(row: dict) -> str:
 
 
 def table(rows: List[dict], peak: float) -> str:
-    return _common.markdown_table(
+    return _bench.markdown_table(
         ["what", "steps/s or images/s", "TFLOP/s", f"share of {peak:g} TFLOP/s", "peak memory", "warm-up s"],
         [[r["what"], rate_text(r), "–" if r["tflops"] is None else f"{r['tflops']:.3g}",
           "–" if r["share_of_peak"] is None else f"{100 * r['share_of_peak']:.3g}%",
@@ -685,7 +685,7 @@ def table(rows: List[dict], peak: float) -> str:
 
 
 def figure(rows: List[dict], title: str, peak: float):
-    fig = _common.new_figure(9, 1.6 + 0.32 * max(len(rows), 1))
+    fig = _bench.new_figure(9, 1.6 + 0.32 * max(len(rows), 1))
     ax = fig.add_subplot()
     colors = {"train": "tab:blue", "sampling": "tab:green", "sizes": "tab:orange", "overhead": "0.5"}
     ys = list(range(len(rows)))[::-1]
@@ -706,7 +706,7 @@ def figure(rows: List[dict], title: str, peak: float):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_common_args(p)
+    _bench.add_common_args(p)
     p.set_defaults(device="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--config", help=f"training config (name in configs/ or a path; default {DEFAULTS['config']})")
     p.add_argument("--batch-size", type=int, help="training batch (default 128)")
@@ -731,27 +731,27 @@ def main(argv=None):
     if args.sample_batch is None:
         args.sample_batch = 512 if args.device == "cuda" else args.batch_size
     if min(args.batch_size, args.steps, args.repeats, args.nfe, args.sample_batch) < 1 or args.warmup < 1:
-        _common.fail("--batch-size, --steps, --warmup, --repeats, --nfe and --sample-batch must be positive")
+        _bench.fail("--batch-size, --steps, --warmup, --repeats, --nfe and --sample-batch must be positive")
     if args.peak_tflops <= 0 or (args.budget_s is not None and args.budget_s <= 0):
-        _common.fail("--peak-tflops and --budget-s must be positive")
+        _bench.fail("--peak-tflops and --budget-s must be positive")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     size_variants = [v.strip() for v in args.size_variants.split(",") if v.strip()]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     for v in variants + size_variants:
         if v not in VARIANTS:
-            _common.fail(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+            _bench.fail(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
     for s in sections:
         if s not in SECTIONS:
-            _common.fail(f"unknown section {s!r}; known: {', '.join(SECTIONS)}")
-    device = _common.setup(args)
+            _bench.fail(f"unknown section {s!r}; known: {', '.join(SECTIONS)}")
+    device = _bench.setup(args)
     budget = Budget(args.budget_s)
     runner = Runner(args, device, budget)
-    env = _common.environment(device)
+    env = _bench.environment(device)
     precision_info = {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32, "cudnn.benchmark": torch.backends.cudnn.benchmark,
                       "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                       "float32_matmul_precision": torch.get_float32_matmul_precision()}
     flop_check = linear_flop_check()
-    print(f"gpu_speed on {_common.environment_line(env)}; peak {args.peak_tflops:g} TFLOP/s; "
+    print(f"gpu_speed on {_bench.environment_line(env)}; peak {args.peak_tflops:g} TFLOP/s; "
           f"FLOP counter check (Linear net): counted {flop_check['counted']}, by hand {flop_check['by_hand']}",
           flush=True)
     if not flop_check["equal"]:
@@ -788,13 +788,13 @@ def main(argv=None):
         notes += runner.notes
         skipped = [f"skipped: {s['what']}: {s['reason']}" for s in runner.skipped]
         markdown = header + table(runner.rows, args.peak_tflops) + "\n" + "\n".join(
-            f"- {line}" for line in notes + skipped) + f"\n\n{_common.environment_line(env)}\n"
+            f"- {line}" for line in notes + skipped) + f"\n\n{_bench.environment_line(env)}\n"
         result = {"settings": settings, "rows": runner.rows, "skipped": runner.skipped, "notes": runner.notes,
                   "flop_check": flop_check, "precision": precision_info, "missing_train_keys": missing_keys,
                   "complete": final, "environment": env,
                   "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
         fig = figure(runner.rows, f"gpu_speed, {env['device_name']}, torch {env['torch']}", args.peak_tflops)
-        paths = _common.write_results(args.out, name, result, markdown, fig)
+        paths = _bench.write_results(args.out, name, result, markdown, fig)
         return markdown, paths
 
     os.makedirs(args.out, exist_ok=True)

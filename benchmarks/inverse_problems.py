@@ -37,7 +37,7 @@ from typing import Dict, List
 
 import torch
 
-import _common as C
+import _bench as C
 from scoresde import metrics
 from scoresde import sampling as S
 from scoresde.analytic import GaussianMixture

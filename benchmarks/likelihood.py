@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-import _common
+import _bench
 import scoresde
 from scoresde.run import load_data
 
@@ -126,12 +126,12 @@ def load_model(case: str, device, args):
     if case == "gmm":
         gm, sde = mixture(), scoresde.VPSDE()
         return gm.score_fn(sde), sde, "2-D Gaussian mixture, exact score, VP-SDE, float64", gm
-    model, sde, _, cfg = _common.build_model(case, device, getattr(args, f"{case}_run"), args.seed)
+    model, sde, _, cfg = _bench.build_model(case, device, getattr(args, f"{case}_run"), args.seed)
     for p in model.parameters():  # gradients are taken with respect to x only
         p.requires_grad_(False)
     weights = getattr(args, f"{case}_run") or "random init"
     what = "toy MLP on checkerboard points" if case == "mlp" else "digits U-Net on test digits"
-    return model, sde, f"{what} ({_common.parameter_count(model):,} parameters, {weights}), float32", cfg
+    return model, sde, f"{what} ({_bench.parameter_count(model):,} parameters, {weights}), float32", cfg
 
 
 def load_points(case: str, source, sde, n: int, seed: int, device):
@@ -165,11 +165,11 @@ def run_seed(case, score, sde, source, n, seed, args, device) -> dict:
         results[name] = fn()
         print(f"  seed {seed}, {name}: {results[name]['nfe']} NFE, mean log p "
               f"{results[name]['logp'].mean().item():.5f}", flush=True)
-    times = _common.interleaved(runs, device, args.repeats)
+    times = _bench.interleaved(runs, device, args.repeats)
     out = {}
     for name, res in results.items():
         logp = res["logp"].double()
-        out[name] = {"nfe": res["nfe"], "seconds": times[name], "median_s": _common.median(times[name]),
+        out[name] = {"nfe": res["nfe"], "seconds": times[name], "median_s": _bench.median(times[name]),
                      "logp": logp,
                      "abs_error_vs_exact": None if exact is None else (logp - exact.double()).abs().mean().item()}
     return {"paths": out, "dim": D, "estimators": estimators,
@@ -221,7 +221,7 @@ def case_markdown(case: dict, tol: float) -> str:
                     + ([f"{r['mean_abs_error_vs_exact']:.2e}"] if has_exact else []) + [ratio])
     md = [f"### {case['case']}: {case['description']}, {case['points']} points (D = {case['dim']}), "
           f"seeds {', '.join(map(str, case['seeds']))}\n",
-          _common.markdown_table(headers, rows, [False] + [True] * (len(headers) - 1))]
+          _bench.markdown_table(headers, rows, [False] + [True] * (len(headers) - 1))]
     if has_exact:
         md.append(f"Exact mean log p_eps: {case['exact_mean_logp']:.5f} (the exact p_T is used as the prior).\n")
     for r in case["rows"]:
@@ -235,7 +235,7 @@ def case_markdown(case: dict, tol: float) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_common_args(p)
+    _bench.add_common_args(p)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {CASES} (default all)")
     p.add_argument("--points", type=int, nargs=3, metavar=("GMM", "MLP", "UNET"), default=[512, 256, 32],
                    help="data points per case (default 512 256 32)")
@@ -252,15 +252,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     if not cases or any(c not in CASES for c in cases):
-        _common.fail(f"--cases must list some of {CASES}, got {args.cases!r}")
+        _bench.fail(f"--cases must list some of {CASES}, got {args.cases!r}")
     if min(args.points) < 1 or min(args.repeats, args.seeds) < 1 or not (0 < args.tol < 1) or not math.isfinite(args.tol):
-        _common.fail("--points, --repeats and --seeds must be positive and --tol in (0, 1)")
+        _bench.fail("--points, --repeats and --seeds must be positive and --tol in (0, 1)")
     if args.quick:
         args.points, args.tol, args.repeats = [min(a, b) for a, b in zip(args.points, (64, 32, 4))], 1e-3, 1
         args.seeds = 1
-    device = _common.setup(args)
-    env = _common.environment(device)
-    print(_common.environment_line(env), flush=True)
+    device = _bench.setup(args)
+    env = _bench.environment(device)
+    print(_bench.environment_line(env), flush=True)
 
     points = dict(zip(CASES, args.points))
     results = [run_case(c, points[c], args, device) for c in cases]
@@ -273,11 +273,11 @@ def main(argv=None):
                 f"rtol = atol = {args.tol:g}, eps = {EPS:g}; per seed the same points and Rademacher probe for all "
                 f"paths. NFE counts ODE evaluations. Times: per seed the median of {args.repeats} interleaved runs, "
                 f"summed over seeds; the ratio is the geometric mean over seeds of each seed's time over "
-                f"scoresde's (range in brackets). {_common.environment_line(env)}.\n\n"
+                f"scoresde's (range in brackets). {_bench.environment_line(env)}.\n\n"
                 + "\n".join(case_markdown(c, args.tol) for c in results))
     print("\n" + markdown)
 
-    fig = _common.new_figure(5 * len(results), 7.5)
+    fig = _bench.new_figure(5 * len(results), 7.5)
     for i, case in enumerate(results):
         labels = [r["path"] for r in case["rows"]]
         colors = ["tab:blue" if lab.startswith("scoresde") else "tab:red" if lab.startswith("reference")
@@ -295,7 +295,7 @@ def main(argv=None):
     payload = {"benchmark": "likelihood", "quick": args.quick, "tol": args.tol, "eps": EPS, "repeats": args.repeats,
                "seed": args.seed, "seeds": args.seeds, "environment": env, "cases": results}
     name = f"likelihood_{'_'.join(cases)}_{args.device}" + ("_quick" if args.quick else "")
-    paths = _common.write_results(args.out, name, payload, markdown, fig)
+    paths = _bench.write_results(args.out, name, payload, markdown, fig)
     print("wrote " + ", ".join(paths))
 
 

@@ -30,7 +30,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-import _common
+import _bench
 from scoresde import sampling
 
 #: scheduler -> constructor options that make it the method named, on the VP-SDE's DDPM schedule
@@ -241,16 +241,16 @@ def adapter_cost(sde, x_T, eps: float, calls: int = 200) -> float:
     model = EpsModel(lambda x, t: x, sde, eps, x_T)
     ts = torch.linspace(999, 0, calls, device=x_T.device)
     model(x_T, ts[0])
-    dt = _common.timed(lambda: [model(x_T, t) for t in ts], x_T.device)
+    dt = _bench.timed(lambda: [model(x_T, t) for t in ts], x_T.device)
     return dt / calls
 
 
 def run_case(net: str, batch: int, args, device) -> dict:
-    model, sde, shape, _ = _common.build_model(net, device, getattr(args, f"{net}_run"), args.seed)
+    model, sde, shape, _ = _bench.build_model(net, device, getattr(args, f"{net}_run"), args.seed)
     x_T = sde.prior_sampling((batch,) + shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
     eps = 1e-3
     notes: List[str] = []
-    print(f"\n{net}: {_common.parameter_count(model):,} parameters, batch {batch}", flush=True)
+    print(f"\n{net}: {_bench.parameter_count(model):,} parameters, batch {batch}", flush=True)
     with torch.inference_mode():
         loops = contenders(sde, eps, args.quick, args.seed, notes)
         for c in loops:
@@ -289,7 +289,7 @@ def run_case(net: str, batch: int, args, device) -> dict:
             for c in members:
                 runs[f"bare: {c.label}"] = bare(c.inputs)
             kind = "adaptive" if group else "fixed-step"
-            res = _common.interleaved(runs, device, repeats, on_repeat=lambda r, ts, kind=kind, repeats=repeats: print(
+            res = _bench.interleaved(runs, device, repeats, on_repeat=lambda r, ts, kind=kind, repeats=repeats: print(
                 f"  {kind} round {r + 1}/{repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True))
             for c in members:
                 times[c.label] = (res[c.label], res[f"bare: {c.label}"])
@@ -299,13 +299,13 @@ def run_case(net: str, batch: int, args, device) -> dict:
     for c in loops:
         seconds, bare_s = times[c.label]
         ratios = [s / b for s, b in zip(seconds, bare_s)]  # paired: same round, same background load
-        t, tb = _common.median(seconds), _common.median(bare_s)
+        t, tb = _bench.median(seconds), _bench.median(bare_s)
         rows.append({"sampler": c.label, "impl": c.impl, "adaptive": c.adaptive, "nfe": c.nfe,
                      "seconds": seconds, "bare_seconds": bare_s, "median_s": t, "bare_median_s": tb,
                      "overhead_pct": 100 * (t / tb - 1),
                      "overhead_pct_range": [100 * (min(ratios) - 1), 100 * (max(ratios) - 1)],
                      "ms_per_nfe": 1000 * t / c.nfe, "bare_ms_per_nfe": 1000 * tb / c.nfe})
-    return {"net": net, "batch": batch, "parameters": _common.parameter_count(model),
+    return {"net": net, "batch": batch, "parameters": _bench.parameter_count(model),
             "weights": getattr(args, f"{net}_run") or f"random init (seed {args.seed})",
             "rows": rows, "notes": notes, "same_samples_vs_diffusers": checks,
             "adapter_seconds_per_call": adapter}
@@ -319,7 +319,7 @@ PAIRS = [(label, name) for name, (label, _, _) in SAME_METHOD.items()] + [("heun
 def case_markdown(case: dict, device: str) -> str:
     rows = case["rows"]
     md = [f"### {case['net']}, batch {case['batch']} ({case['parameters']:,} parameters, {case['weights']})\n"]
-    md.append(_common.markdown_table(
+    md.append(_bench.markdown_table(
         ["sampler", "impl", "NFE", "time (s)", "bare, same inputs (s)", "overhead", "range over rounds", "ms/NFE"],
         [[r["sampler"], r["impl"], r["nfe"], f"{r['median_s']:.3f}", f"{r['bare_median_s']:.3f}",
           f"{r['overhead_pct']:+.1f}%", f"{r['overhead_pct_range'][0]:+.1f} … {r['overhead_pct_range'][1]:+.1f}%",
@@ -329,7 +329,7 @@ def case_markdown(case: dict, device: str) -> str:
     pairs = [(by_label[a], by_label[b]) for a, b in PAIRS if a in by_label and b in by_label]
     if pairs:
         md.append("\nThe same method in both libraries, same network and batch:\n")
-        md.append(_common.markdown_table(
+        md.append(_bench.markdown_table(
             ["scoresde", "diffusers", "NFE (ours / theirs)", "time ours (s)", "time diffusers (s)", "ours / diffusers",
              "overhead ours", "overhead diffusers"],
             [[a["sampler"], b["sampler"], f"{a['nfe']} / {b['nfe']}", f"{a['median_s']:.3f}", f"{b['median_s']:.3f}",
@@ -364,7 +364,7 @@ def case_markdown(case: dict, device: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_common_args(p)
+    _bench.add_common_args(p)
     p.add_argument("--nets", default="mlp,unet", help="comma-separated: mlp, unet (default both)")
     p.add_argument("--mlp-batch", type=int, default=4096, help="default 4096 (the claim's batch)")
     p.add_argument("--unet-batch", type=int, default=64, help="default 64")
@@ -376,16 +376,16 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
-    if not nets or any(n not in _common.NETS for n in nets):
-        _common.fail(f"--nets must list some of {tuple(_common.NETS)}, got {args.nets!r}")
+    if not nets or any(n not in _bench.NETS for n in nets):
+        _bench.fail(f"--nets must list some of {tuple(_bench.NETS)}, got {args.nets!r}")
     if min(args.mlp_batch, args.unet_batch, args.repeats, args.adaptive_repeats) < 1:
-        _common.fail("--mlp-batch, --unet-batch, --repeats and --adaptive-repeats must be positive")
+        _bench.fail("--mlp-batch, --unet-batch, --repeats and --adaptive-repeats must be positive")
     if args.quick:
         args.mlp_batch, args.unet_batch = min(args.mlp_batch, 256), min(args.unet_batch, 8)
         args.repeats, args.adaptive_repeats = min(args.repeats, 2), 1
-    device = _common.setup(args)
-    env = _common.environment(device)
-    print(_common.environment_line(env), flush=True)
+    device = _bench.setup(args)
+    env = _bench.environment(device)
+    print(_bench.environment_line(env), flush=True)
 
     cases = [run_case(net, args.mlp_batch if net == "mlp" else args.unet_batch, args, device) for net in nets]
 
@@ -393,14 +393,14 @@ def main(argv=None):
                 f"Median of {args.repeats} interleaved runs ({args.adaptive_repeats} for the adaptive solvers); "
                 f"overhead = 100 (t_sampler / t_bare - 1), t_bare = the same ScoreModel called in a plain loop on the "
                 f"sampler's own recorded inputs; range = the per-round paired ratios. "
-                f"{_common.environment_line(env)}.\n\n" + "\n".join(case_markdown(c, args.device) for c in cases))
+                f"{_bench.environment_line(env)}.\n\n" + "\n".join(case_markdown(c, args.device) for c in cases))
     print("\n" + markdown)
 
-    fig = _common.new_figure(11, 4.2 * len(cases))
+    fig = _bench.new_figure(11, 4.2 * len(cases))
     for i, case in enumerate(cases):
         ax = fig.add_subplot(len(cases), 1, i + 1)
         labels = [f"{r['sampler']} [{r['nfe']}]" for r in case["rows"]]
-        _common.grouped_bars(ax, labels, {"sampler loop": [r["median_s"] for r in case["rows"]],
+        _bench.grouped_bars(ax, labels, {"sampler loop": [r["median_s"] for r in case["rows"]],
                                           "bare network, same inputs": [r["bare_median_s"] for r in case["rows"]]},
                              "seconds (median)")
         ax.set_title(f"{case['net']}, batch {case['batch']}, {args.device}: time per sampler vs bare [NFE]", fontsize=10)
@@ -408,7 +408,7 @@ def main(argv=None):
                "adaptive_repeats": args.adaptive_repeats, "seed": args.seed,
                "environment": env, "cases": cases}
     name = f"overhead_{'_'.join(nets)}_{args.device}" + ("_quick" if args.quick else "")
-    paths = _common.write_results(args.out, name, payload, markdown, fig)
+    paths = _bench.write_results(args.out, name, payload, markdown, fig)
     print("wrote " + ", ".join(paths))
 
 

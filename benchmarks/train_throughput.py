@@ -24,8 +24,8 @@ import time
 
 import torch
 
-import _common
-from _common import NETS, ROOT, sync
+import _bench
+from _bench import NETS, ROOT, sync
 from scoresde import dsm_loss
 from scoresde.config import load_config
 from scoresde.run import build_score_model, build_sde
@@ -100,7 +100,7 @@ def check_same_loss(bare: BareLoop):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_common_args(p)
+    _bench.add_common_args(p)
     p.add_argument("--net", choices=tuple(CONFIGS), default="mlp")
     p.add_argument("--steps", type=int, default=200, help="timed steps per run (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps before timing (default 20)")
@@ -113,8 +113,8 @@ def main(argv=None):
                 setattr(args, key, QUICK[key])
         args.batch_size = args.batch_size or QUICK["batch_size"]
     if min(args.steps, args.repeats) < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
-        _common.fail("--steps, --repeats and --batch-size must be positive, --warmup non-negative")
-    device = _common.setup(args)
+        _bench.fail("--steps, --repeats and --batch-size must be positive, --warmup non-negative")
+    device = _bench.setup(args)
 
     overrides = [f"train.device={args.device}", f"train.checkpoint_every={10 ** 9}", "train.log_every=100",
                  "train.keep_checkpoints=1"]
@@ -139,29 +139,29 @@ def main(argv=None):
             print(f"  repeat {r + 1}: " + ", ".join(f"{n} {args.steps / ts[-1]:.1f}" for n, ts in times.items())
                   + " steps/s", flush=True)
 
-        times = _common.interleaved({name: (lambda loop=loop: loop.run(args.steps)) for name, loop in loops.items()},
+        times = _bench.interleaved({name: (lambda loop=loop: loop.run(args.steps)) for name, loop in loops.items()},
                                     device, args.repeats, on_repeat=report)
         t0 = time.perf_counter()
         trainer.trainer.save()
         save_seconds = time.perf_counter() - t0
 
-    sps = {name: args.steps / _common.median(ts) for name, ts in times.items()}
-    sps["trainer, excl. checkpoint"] = args.steps / max(_common.median(times["trainer"]) - save_seconds, 1e-9)
+    sps = {name: args.steps / _bench.median(ts) for name, ts in times.items()}
+    sps["trainer, excl. checkpoint"] = args.steps / max(_bench.median(times["trainer"]) - save_seconds, 1e-9)
     overhead = {name: 100 * (sps["bare"] / v - 1) for name, v in sps.items()}
-    env = _common.environment(device)
+    env = _bench.environment(device)
     header = (f"Training throughput, {args.net} ({n_params:,} parameters), batch {cfg.train.batch_size}, "
               f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}: median of {args.repeats} "
               f"runs of {args.steps} steps after {args.warmup} warmup steps.\n\n")
-    table = _common.markdown_table(
+    table = _bench.markdown_table(
         ["loop", "steps/s", "ms/step", "overhead vs bare"],
         [[name, f"{v:.1f}", f"{1000 / v:.2f}", f"{overhead[name]:+.1f}%"] for name, v in sps.items()],
         [False, True, True, True])
     note = (f"\nEach trainer run ends with one checkpoint write ({1000 * save_seconds:.0f} ms); the last row "
-            f"subtracts it.\n\n{_common.environment_line(env)}\n")
+            f"subtracts it.\n\n{_bench.environment_line(env)}\n")
     markdown = header + table + note
     print("\n" + markdown)
 
-    fig = _common.new_figure(7, 4)
+    fig = _bench.new_figure(7, 4)
     ax = fig.add_subplot()
     ax.bar(list(sps), list(sps.values()), color=["0.55", "0.55", "tab:blue", "tab:cyan"])
     for i, v in enumerate(sps.values()):
@@ -179,7 +179,7 @@ def main(argv=None):
         "date": env["date"], "environment": env,
     }
     name = f"train_throughput_{args.net}_{args.device}" + ("_quick" if args.quick else "")
-    paths = _common.write_results(args.out, name, result, markdown, fig)
+    paths = _bench.write_results(args.out, name, result, markdown, fig)
     print("wrote " + ", ".join(paths))
 
 

@@ -32,11 +32,14 @@ def test_benchmark_quick_run_writes_its_results(tmp_path, script, stem):
 
 
 def _gpu_speed_module():
-    """benchmarks/gpu_speed.py as a module (it imports its sibling _common)."""
+    """benchmarks/gpu_speed.py as a module (it imports its sibling _bench). The folder leaves sys.path
+    again, so that examples/ (a sibling of benchmarks/ with its own helpers) imports its own modules."""
     bench = os.path.join(ROOT, "benchmarks")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    import gpu_speed
+    sys.path.insert(0, bench)
+    try:
+        import gpu_speed
+    finally:
+        sys.path.remove(bench)
     return gpu_speed
 
 
