@@ -179,7 +179,7 @@ def main(argv=None):
     samplers = dict(list(SAMPLERS.items())[1:2]) if args.quick else SAMPLERS
     env = C.environment(device)
     results = [evaluate(name, p, n, samplers) for name, p in problems().items()]
-    md = [f"# Inverse problems against the exact posterior (VP-SDE, exact mixture score)\n\n",
+    md = ["# Inverse problems against the exact posterior (VP-SDE, exact mixture score)\n\n",
           f"{C.environment_line(env)}\n\n",
           f"{n} samples per run, compared with {2 * n} exact posterior draws; ± one standard error.\n"]
     for res in results:

@@ -30,6 +30,12 @@ def batch_broadcast(c: Tensor, x: Tensor) -> Tensor:
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim()))
 
 
+
+def _tracing() -> bool:
+    """True while torch.compile traces the code (torch < 2.3 has it only under torch._dynamo)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return is_compiling() if is_compiling is not None else torch._dynamo.is_compiling()
+
 class SDE(abc.ABC):
     """A linear forward SDE on [0, T] with an N-step discretization.
 
@@ -73,7 +79,8 @@ class SDE(abc.ABC):
         """``t`` as a (B,) tensor on ``like``'s device and dtype, checked to lie in [0, T].
 
         Python floats and CPU tensors are range-checked; accelerator tensors are not, because the
-        check would force a host synchronisation on every call inside a sampling loop.
+        check would force a host synchronisation on every call inside a sampling loop; nor is t
+        while ``torch.compile`` traces (a data-dependent check would split the compiled graph).
         """
         B = like.shape[0] if like.dim() > 0 else 1
         if not torch.is_tensor(t):
@@ -83,7 +90,7 @@ class SDE(abc.ABC):
             return torch.full((B,), t, device=like.device, dtype=like.dtype)
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, B)):
             raise ValueError(f"t must be a float or a tensor of shape ({B},) matching the batch, got shape {tuple(t.shape)}")
-        if t.device.type == "cpu" and t.numel() and not bool(((t >= 0) & (t <= self.T)).all()):
+        if t.device.type == "cpu" and t.numel() and not _tracing() and not bool(((t >= 0) & (t <= self.T)).all()):
             raise ValueError(f"t must lie in [0, T] = [0, {self.T}], got values in [{t.min().item()}, {t.max().item()}]")
         return t.to(device=like.device, dtype=like.dtype).expand(B)
 

@@ -133,7 +133,7 @@ class Trainer:
             self.train_model = self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, mode=None if t.compile_mode == "default" else t.compile_mode)
         self.loss_fn = noisy_classifier_loss if t.objective == "classifier" else LOSSES[t.loss]
         self.loss_kwargs = (dict(eps=t.eps) if t.objective == "classifier" else dict(reduce=t.reduce) if t.loss != "dsm"
                             else dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
@@ -294,7 +294,7 @@ class Trainer:
         """The loss on ``part``, a (micro-)batch of this rank's slice (images, or (images, labels))."""
         t = self.cfg.train
         x, y = (part, None) if self.num_classes == 0 else part
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp and self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp):
             if y is None:
                 return self.loss_fn(self.train_model, self.sde, x, generator=self.noise, **self.loss_kwargs)
             if t.objective == "classifier":

@@ -154,6 +154,10 @@ EXACT = {
         "test_channels_last_same_loss_and_gradients",
     },
     "test_compiled": {"test_sampler_compiles_once_and_matches_eager", "test_inductor_ddim_matches_eager"},
+    "test_train_compiled": {
+        "test_compiled_training_compiles_once_and_matches_eager", "test_compiled_bf16_channels_last_training_compiles_once",
+        "test_inductor_training_matches_eager", "test_amp_gradients_within_bf16_precision",
+    },
     "test_no_grad": {"test_score_functions_may_take_input_gradients"},
     "test_nets": {
         "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",

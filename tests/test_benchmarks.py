@@ -32,7 +32,7 @@ def test_benchmark_quick_run_writes_its_results(tmp_path, script, stem):
 
 
 def _gpu_speed_module():
-    """benchmarks/gpu_speed.py as a module (it imports its sibling _bench). The folder leaves sys.path
+    """benchmarks/gpu_speed.py as a module (it imports its siblings _bench, _gpu_*, _flops). The folder leaves sys.path
     again, so that examples/ (a sibling of benchmarks/ with its own helpers) imports its own modules."""
     bench = os.path.join(ROOT, "benchmarks")
     sys.path.insert(0, bench)

@@ -231,13 +231,18 @@ def _check_values(cfg: Config, source: str, data_root: bool = True) -> None:
 
 
 def _check_fast_paths(cfg: Config, need) -> None:
-    """train.grad_accum, checkpoint_activations, fused_optimizer, channels_last (scoresde.train_fast)."""
+    """train.compile_mode, grad_accum, checkpoint_activations, fused_optimizer, channels_last
+    (scoresde.train_fast)."""
     import torch
 
+    from ..precision import COMPILE_MODES
     from ..data import IMAGE_SETS  # lazy, as above
     from ..train_fast import fused_adam_supported
 
     t, name = cfg.train, cfg.model["name"]
+    need(t.compile_mode in COMPILE_MODES, "train.compile_mode", f"one of {', '.join(COMPILE_MODES)}", t.compile_mode)
+    need(t.compile or t.compile_mode == "default", "train.compile_mode",
+         "'default' unless train.compile is true (the mode of a compilation that is not asked for)", t.compile_mode)
     need(1 <= t.grad_accum <= t.batch_size and t.batch_size % t.grad_accum == 0, "train.grad_accum",
          f"a positive integer dividing train.batch_size ({t.batch_size})", t.grad_accum)
     need(not t.checkpoint_activations or name in CHECKPOINTABLE_MODELS, "train.checkpoint_activations",

@@ -16,7 +16,8 @@ A config has five sections::
             head of model.num_classes logits); label_dropout: the probability of training a conditional
             score model's step on the null class instead of the label (classifier-free guidance);
             the speed and memory switches, each computing what the plain path computes (see
-            scoresde.train_fast): amp, compile, grad_accum (micro-batches per optimizer step),
+            scoresde.train_fast): amp (bf16 autocast of the forward pass, on any device), compile and
+            compile_mode (torch.compile of the network and its mode), grad_accum (micro-batches per optimizer step),
             checkpoint_activations (recompute the residual / attention blocks' activations in the
             backward pass: unet, ncsnpp, ddpm), fused_optimizer (fused Adam; null: fused on CUDA,
             foreach elsewhere), channels_last (NHWC memory layout: image data only)
@@ -94,6 +95,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     compile: bool = False
+    compile_mode: str = "default"      # torch.compile's mode (reduce-overhead: CUDA graphs on a GPU)
     grad_accum: int = 1                 # micro-batches per optimizer step (divides the batch per process)
     checkpoint_activations: bool = False  # recompute block activations in backward (unet, ncsnpp, ddpm)
     fused_optimizer: Optional[bool] = None  # fused Adam; None: fused on CUDA, foreach elsewhere
