@@ -5,7 +5,8 @@ instantaneous change of variables d log p_t(x_t) / dt = -div f̃(x_t, t), so
 
     log p_eps(x) = log p_T(x_T) + ∫_eps^T div f̃(x_t, t) dt,     x_eps = x.
 
-The state (x, ∫div) is integrated from eps to T with torchdiffeq. The divergence is exact (D
+The state (x, ∫div) is integrated from eps to T with torchdiffeq's adaptive solvers, or with the
+fixed-step Runge–Kutta loop of scoresde.sampling.runge_kutta (no host sync). The divergence is exact (D
 backward passes, for small D) or Hutchinson's estimate E_v[v^T (∂f̃/∂x) v] with probes v drawn
 once per sample and held fixed along the path, which keeps the ODE smooth for adaptive solvers.
 """
@@ -22,7 +23,8 @@ from .sde import SDE
 from . import _checks
 from .sampling._ode import Counter, clamped_time, integrate, pf_drift
 from .sampling.generators import SampleGenerators
-from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS, STAGES
+from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS
+from .sampling.runge_kutta import STAGES, fixed_grid_odeint
 
 ESTIMATORS = ("hutchinson", "exact")
 #: a torch.Generator, or a SampleGenerators: row r of every draw (probes, dequantization) from its own seed
@@ -96,7 +98,8 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
         estimator: "exact" trace (D backward passes per evaluation) or "hutchinson".
         noise, probes: the Hutchinson probe distribution and how many probes to average.
         eps: start time of the ODE (the score is never evaluated outside [eps, T]).
-        method, rtol, atol, steps: torchdiffeq solver; fixed-step methods use ``steps`` uniform steps.
+        method, rtol, atol, steps: an adaptive torchdiffeq solver (``ADAPTIVE_METHODS``), or a fixed-step
+            Runge–Kutta method (``FIXED_METHODS``, scoresde.sampling.runge_kutta) over ``steps`` uniform steps.
             rtol/atol bound the RMS norm of the local error estimate over the whole state
             [x, ∫div f̃] per step, as scipy's RK45 does in the reference implementation (the
             estimate is torchdiffeq's: for dopri5 its error weights are -2/3 of RK45's, so equal
@@ -115,13 +118,10 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
     B, T = x.shape[0], sde.T
     if method in ADAPTIVE_METHODS:
         rtol, atol = _checks.tolerance(rtol, "rtol"), _checks.tolerance(atol, "atol")
-        # land exactly on the end time: past it the score is only defined by clamping, and the
-        # dense-output interpolation back to it would cost accuracy
-        options, total = {"step_t": [T]}, None
+        total = None
     else:
         _checks.positive_int(steps)
-        grid = torch.linspace(eps, T, steps + 1, device=x.device, dtype=x.dtype)
-        options, total = {"grid_constructor": lambda func, y0, t: grid}, steps * STAGES[method]
+        total = steps * STAGES[method]
     counted = Counter(score, progress, "log_likelihood", total)
     div = _divergence_fn(estimator, _draw_probes(noise, probes, x, generator) if estimator == "hutchinson" else None)
 
@@ -138,9 +138,16 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
         return torch.cat([f.detach().reshape(B, D), d.detach()[:, None]], dim=1)
 
     state0 = torch.cat([x.detach().reshape(B, D), torch.zeros(B, 1, device=x.device, dtype=x.dtype)], dim=1)
-    ends = torch.tensor([eps, T], device=x.device, dtype=x.dtype)
-    end = integrate(rhs, state0, ends, FIXED_METHODS.get(method, method), rtol, atol, options, counted,
-                    "log_likelihood")
+    if method in ADAPTIVE_METHODS:
+        # land exactly on the end time: past it the score is only defined by clamping, and the
+        # dense-output interpolation back to it would cost accuracy
+        ends = torch.tensor([eps, T], device=x.device, dtype=x.dtype)
+        end = integrate(rhs, state0, ends, method, rtol, atol, {"step_t": [T]}, counted, "log_likelihood")
+    else:
+        try:
+            end = fixed_grid_odeint(rhs, state0, torch.linspace(eps, T, steps + 1, dtype=torch.float64), method)
+        finally:
+            counted.close()
     z, delta = end[:, :D].reshape(shape), end[:, D]
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z)
     logp = _checks.finite_result(prior + delta, "log_likelihood")

@@ -504,6 +504,8 @@ SYNC_CASES = (
        ("ddim:eta=0.7", S.ddim, dict(steps=4, eta=0.7)),
        ("ddim:timesteps", S.ddim, dict(timesteps=[999, 600, 300, 0], eta=0.3)),
        ("dpm_solver:timesteps", S.dpm_solver, dict(timesteps=[999, 600, 300, 0], order=3))]
+    + [(f"probability_flow:{m}", S.probability_flow, dict(method=m, steps=3)) for m in FIXED]
+    + [("probability_flow:rk4,karras", S.probability_flow, dict(method="rk4", steps=3, schedule="karras"))]
     + [c for c in FAST_SAMPLERS if not c[0].startswith("adaptive_sde")]  # adaptive: one flag read per iteration
 )
 

@@ -29,6 +29,7 @@ from scoresde.likelihood import log_likelihood
 from scoresde.nets import build_net
 from scoresde.precision import compile_score, precision_score, to_channels_last
 from scoresde.sampling import ADAPTIVE, SAMPLERS
+from scoresde.sampling.runge_kutta import STAGES
 
 from conftest import tiny_digits_run, tiny_toy_run
 
@@ -205,8 +206,11 @@ def CPU_BOOL(t):
 
 
 @pytest.mark.parametrize("name,options", [("ddim", {}), ("heun", dict(churn=5.0)), ("dpm_solver", dict(order=3)),
-                                          ("dpm_solver", dict(multistep=False)), ("ancestral", {})],
-                         ids=["ddim", "heun:churn", "dpm_solver:3M", "dpm_solver:2S", "ancestral"])
+                                          ("dpm_solver", dict(multistep=False)), ("ancestral", {}),
+                                          ("probability_flow", dict(method="rk4")),
+                                          ("probability_flow", dict(method="heun3", schedule="logsnr"))],
+                         ids=["ddim", "heun:churn", "dpm_solver:3M", "dpm_solver:2S", "ancestral", "probability_flow:rk4",
+                              "probability_flow:heun3,logsnr"])
 def test_no_host_sync_in_compiled_sampling_loop(name, options):
     """Once compiled (the first call), the loop around the compiled network reads nothing back."""
     from test_api import SyncGuard, _untouched
@@ -224,34 +228,27 @@ def test_no_host_sync_in_compiled_sampling_loop(name, options):
     assert _untouched() and guard.armed_calls >= 3 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("method", ["euler", "rk4"])
 @pytest.mark.parametrize("estimator", ["hutchinson", "exact"])
-def test_no_host_sync_in_compiled_likelihood_evaluation(estimator, monkeypatch):
-    """The PF-ODE right-hand side (time clamp, compiled network, drift, divergence by backward
-    passes through the compiled network, the augmented state) reads nothing back once compiled.
-    The ODE solver is replaced by fixed Euler steps on a device grid here: torchdiffeq's own
-    fixed-grid loop compares times on the device at every step (``t1 >= t[j]``)."""
-    import scoresde.likelihood as lk
+def test_no_host_sync_in_compiled_likelihood_evaluation(estimator, method):
+    """The fixed-step PF-ODE likelihood (time clamp, compiled network, drift, divergence by backward
+    passes through the compiled network, the augmented state, the Runge–Kutta loop) reads nothing
+    back once compiled: from the second score evaluation on, every host read raises."""
     from test_api import SyncGuard, _untouched
     sde = sd.VPSDE()
     score = compile_score(_mlp_model(sde), backend="aot_eager")
     x = torch.randn(B, 2, generator=torch.Generator().manual_seed(0))
-    evaluations = []
-
-    def euler(rhs, y0, ends, method, rtol, atol, options, counted, routine):
-        grid = torch.linspace(float(ends[0]), float(ends[1]), 5, dtype=y0.dtype)
-        y = y0 + (grid[1] - grid[0]) * rhs(grid[0], y0)  # compiles
-        with SyncGuard(exempt=CPU_BOOL) as guard:
-            guard.arm()
-            for t0, t1 in zip(grid[1:-1], grid[2:]):
-                y = y + (t1 - t0) * rhs(t0, y)
-                evaluations.append(1)
-        assert _untouched()
-        return y
-
-    monkeypatch.setattr(lk, "integrate", euler)
-    res = lk.log_likelihood(score, sde, x, estimator=estimator, probes=2, method="euler",
-                            generator=torch.Generator().manual_seed(1))
-    assert len(evaluations) == 3 and torch.isfinite(res.logp).all()
+    calls = []
+    with SyncGuard(exempt=CPU_BOOL) as guard:
+        def guarded(x, t):
+            if calls:  # from the second call on: the first one compiles
+                guard.arm()
+            calls.append(1)
+            return score(x, t)
+        res = log_likelihood(guarded, sde, x, estimator=estimator, probes=2, method=method, steps=3,
+                             generator=torch.Generator().manual_seed(1))
+    assert _untouched() and guard.armed_calls == len(calls) - 1 == 3 * STAGES[method] - 1
+    assert torch.isfinite(res.logp).all()
 
 
 def test_inductor_ddim_matches_eager():

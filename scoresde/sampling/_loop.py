@@ -21,7 +21,7 @@ return value replaces x before the corrector and step k+1 see it. It is how inve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -53,15 +53,25 @@ def tweedie(score: Callable, x: Tensor, t: Tensor, alpha: float, sigma: float) -
     return (x + sigma ** 2 * score(x, t)) / alpha
 
 
-def tweedie_at(score: Callable, sde: SDE, x: Tensor, eps: float, per_sample: bool = False) -> Tensor:
-    """Tweedie's E[x_0 | x_eps] with the SDE's continuous marginal coefficients at time eps.
+def end_coeffs(sde: SDE, eps: float) -> Tuple[float, float]:
+    """(alpha_eps, sigma_eps) of the SDE's continuous marginal, as Python floats computed in float64:
+    read before a sampling loop, so that nothing is read back after it. ``eps`` is the end of a grid
+    the caller has checked (no range check here)."""
+    alpha, sigma = (float(c) for c in sde._marginal_coeffs(torch.tensor([eps], dtype=torch.float64)))
+    return alpha, sigma
+
+
+def tweedie_at(score: Callable, sde: SDE, x: Tensor, eps: float, per_sample: bool = False,
+               coeffs: Optional[Tuple[float, float]] = None) -> Tensor:
+    """Tweedie's E[x_0 | x_eps] with the SDE's continuous marginal coefficients at time eps
+    (``coeffs``: those of ``end_coeffs(sde, eps)``, computed before the loop).
 
     t is laid out as the caller's own score calls had it, so that a compiled network sees the same
     strides as at every step before and is not recompiled for this last call
     (``scoresde.precision.compile_score``): one value expanded to (B,) (stride 0), as the ODE/SDE
     solvers' times are (``clamped_time``), or with ``per_sample`` a (B,) tensor of its own, as the
     per-sample times of ``adaptive_sde`` are."""
-    alpha, sigma = (float(c) for c in sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64)))
+    alpha, sigma = end_coeffs(sde, eps) if coeffs is None else coeffs
     B = x.shape[0]
     t = torch.full((B,) if per_sample else (), eps, device=x.device, dtype=x.dtype)
     return tweedie(score, x, t if per_sample else t.expand(B), alpha, sigma)

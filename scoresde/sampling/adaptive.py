@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import _checks
 from ..sde import SDE, batch_broadcast
-from ._loop import randn_like, tweedie_at
+from ._loop import end_coeffs, randn_like, tweedie_at
 from ._ode import reverse_drift
 
 
@@ -116,6 +116,7 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
     score = _checks.score_function(score_fn)
     x = _checks.batch(x_T)
     B, n = x.shape[0], x[0].numel()
+    end = end_coeffs(sde, eps)
     # time is kept as the remaining span r = t - eps: h = min(r, ...) then makes r - h exactly 0
     span = torch.full((B,), sde.T - eps, device=x.device, dtype=torch.float64)
     h = span.clamp(max=h_init)
@@ -169,7 +170,7 @@ def adaptive_sde(score_fn, sde: SDE, x_T: Tensor, *, rtol: float = 1e-2, atol: f
         bar.close()
     nfe = 2 * iters
     if denoise:
-        x = tweedie_at(score, sde, x, eps, per_sample=True)  # t laid out as the loop's per-sample times
+        x = tweedie_at(score, sde, x, eps, per_sample=True, coeffs=end)  # t laid out as the loop's per-sample times
         nfe += 1
     _checks.finite_result(x, "adaptive_sde")
     return (x, AdaptiveStats(nfe, accepted, rejected)) if return_stats else x

@@ -1,4 +1,5 @@
-"""Probability-flow ODE sampling through torchdiffeq."""
+"""Probability-flow ODE sampling: adaptive steps through torchdiffeq, fixed steps by the explicit
+Runge–Kutta loop of ``runge_kutta`` (torchdiffeq's tableaux, without its per-step host sync)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,14 +9,14 @@ from torch import Tensor
 
 from ..sde import SDE
 from .. import _checks
-from ._loop import tweedie_at
+from ._loop import end_coeffs, tweedie_at
 from ._ode import Counter, clamped_time, integrate, pf_drift
 from .grids import Schedule, time_grid
+from .runge_kutta import STAGES, TABLEAUX, fixed_grid_odeint
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
-#: our name -> torchdiffeq's (torchdiffeq calls the 2nd-order Heun method "heun2")
-FIXED_METHODS = {"euler": "euler", "midpoint": "midpoint", "rk4": "rk4", "heun": "heun2", "heun3": "heun3"}
-STAGES = {"euler": 1, "midpoint": 2, "rk4": 4, "heun": 2, "heun3": 3}
+#: the fixed-step methods (scoresde.sampling.runge_kutta; "heun" is torchdiffeq's "heun2")
+FIXED_METHODS = tuple(TABLEAUX)
 
 
 @torch.no_grad()
@@ -37,24 +38,27 @@ def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5",
         rtol, atol = _checks.tolerance(rtol, "rtol"), _checks.tolerance(atol, "atol")
         eps = _checks.eps(sde, eps)
         grid_t = torch.tensor([sde.T, eps], dtype=torch.float64)
-        # land exactly on the end time: past it the score is only defined by clamping, and the
-        # dense-output interpolation back to it would cost accuracy
-        options, total = {"step_t": [eps]}, None
+        total = None
     else:
         grid_t = time_grid(sde, steps, eps, schedule)
         eps = float(grid_t[-1])
-        # step exactly along the grid but output only the end point (no (steps+1) x batch buffer)
-        device_grid = grid_t.to(device=x.device, dtype=x.dtype)
-        options = {"grid_constructor": lambda func, y0, t: device_grid}
         total = (grid_t.numel() - 1) * STAGES[method]
     counted = Counter(score, progress, "probability_flow", total)
-    T = float(grid_t[0])
+    T, end = float(grid_t[0]), end_coeffs(sde, eps)
 
     def rhs(t: Tensor, y: Tensor) -> Tensor:
         return pf_drift(sde, counted, y, clamped_time(t, eps, T, B, y))
 
-    ends = torch.tensor([T, eps], device=x.device, dtype=x.dtype)
-    x = integrate(rhs, x, ends, FIXED_METHODS.get(method, method), rtol, atol, options, counted, "probability_flow")
+    if method in ADAPTIVE_METHODS:
+        # land exactly on the end time: past it the score is only defined by clamping, and the
+        # dense-output interpolation back to it would cost accuracy
+        ends = torch.tensor([T, eps], device=x.device, dtype=x.dtype)
+        x = integrate(rhs, x, ends, method, rtol, atol, {"step_t": [eps]}, counted, "probability_flow")
+    else:
+        try:
+            x = fixed_grid_odeint(rhs, x, grid_t, method)
+        finally:
+            counted.close()
     if denoise:
-        x = tweedie_at(score, sde, x, eps)
+        x = tweedie_at(score, sde, x, eps, coeffs=end)
     return _checks.finite_result(x.reshape(shape), "probability_flow")

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..sde import SDE
 from .. import _checks
-from ._loop import tweedie_at
+from ._loop import end_coeffs, tweedie_at
 from .generators import SampleGenerators
 from ._ode import Counter, clamped_time, reverse_drift
 
@@ -96,6 +96,7 @@ def reverse_sde(score_fn, sde: SDE, x_T: Tensor, *, method: str = "euler", steps
     shape = x.shape
     y0 = x.reshape(shape[0], -1)
     counted = Counter(score, progress, "reverse_sde", steps * (2 if method in ("srk",) else 1))
+    end = end_coeffs(sde, eps)
     sde_type = "stratonovich" if method == "reversible_heun" else "ito"
     system = _ReverseTime(sde, counted, shape, eps, sde_type)
     ts = torch.tensor([0.0, sde.T - eps], device=y0.device, dtype=y0.dtype)
@@ -119,5 +120,5 @@ def reverse_sde(score_fn, sde: SDE, x_T: Tensor, *, method: str = "euler", steps
         counted.close()
     x = y.reshape(shape)
     if denoise:
-        x = tweedie_at(score, sde, x, eps)
+        x = tweedie_at(score, sde, x, eps, coeffs=end)
     return _checks.finite_result(x, "reverse_sde")
