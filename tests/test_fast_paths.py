@@ -220,11 +220,23 @@ NETWORKS = {
                                               resblock_type="biggan", fir=True, progressive="output_skip",
                                               progressive_input="residual", embedding_type="fourier")),
     "ddpm": dict(name="ddpm", kwargs=dict(nf=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,))),
+    # diffusers' UNet2DModel (its own checkpointing, switched by enable_checkpointing): dropout is
+    # its config key, not the net's
+    "diffusers_unet2d": dict(name="diffusers_unet2d", kwargs=dict(unet=dict(
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D")))),
 }
 
 
-#: the residual and attention blocks of the networks, by class name (what must be checkpointed)
-BLOCKS = ("ResBlock", "AttnBlock", "ResnetBlockDDPM", "ResnetBlockBigGAN")
+#: the residual and attention blocks of the networks, by class name (what must be checkpointed);
+#: in diffusers' UNet2DModel, the down, middle and up blocks that hold its ResnetBlock2Ds
+BLOCKS = ("ResBlock", "AttnBlock", "ResnetBlockDDPM", "ResnetBlockBigGAN", "DownBlock2D", "AttnDownBlock2D",
+          "UNetMidBlock2D", "AttnUpBlock2D", "UpBlock2D")
+
+
+#: saved activations with checkpointing / without, at most: ours measure about 0.2; diffusers' blocks
+#: checkpoint their ResnetBlock2Ds but not their attentions, 0.47 here
+SAVED_AT_MOST = {"diffusers_unet2d": 0.6}
 
 
 def build(kind, dropout):
@@ -232,7 +244,12 @@ def build(kind, dropout):
     zero output layers would make most gradients zero, and the comparison vacuous."""
     spec = NETWORKS[kind]
     torch.manual_seed(0)
-    net = nets.build_net(spec["name"], (3, 8, 8), dropout=dropout, **spec["kwargs"]).train()
+    kwargs = copy.deepcopy(spec["kwargs"])
+    if kind == "diffusers_unet2d":
+        kwargs["unet"]["dropout"] = dropout
+    else:
+        kwargs["dropout"] = dropout
+    net = nets.build_net(spec["name"], (3, 8, 8), **kwargs).train()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -271,7 +288,7 @@ def test_checkpointing_gives_the_same_gradients_and_saves_less(kind):
         assert_close_dicts(grads_b, grads_a, rtol=1e-5, atol=1e-6)
         assert len(grads_a) == len([p for p in plain.parameters() if p.requires_grad])
         assert all(g.abs().max() > 0 for g in grads_a.values())
-        assert bytes_b < 0.35 * bytes_a, (bytes_b, bytes_a)  # about 0.2 for each of them
+        assert bytes_b < SAVED_AT_MOST.get(kind, 0.35) * bytes_a, (bytes_b, bytes_a)
 
 
 def test_checkpointing_only_where_grad_is_recorded(monkeypatch):

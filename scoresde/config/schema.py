@@ -16,11 +16,12 @@ A config has five sections::
             head of model.num_classes logits); label_dropout: the probability of training a conditional
             score model's step on the null class instead of the label (classifier-free guidance);
             the speed and memory switches, each computing what the plain path computes (see
-            scoresde.train_fast): amp (bf16 autocast of the forward pass, on any device), compile and
-            compile_mode (torch.compile of the network and its mode), grad_accum (micro-batches per optimizer step),
-            checkpoint_activations (recompute the residual / attention blocks' activations in the
-            backward pass: unet, ncsnpp, ddpm), fused_optimizer (fused Adam; null: fused on CUDA,
-            foreach elsewhere), channels_last (NHWC memory layout: image data only)
+            scoresde.train_fast): amp (bf16 autocast of the forward pass, on any device), compile
+            and compile_mode (torch.compile of the network and its mode), grad_accum (micro-batches
+            per optimizer step), checkpoint_activations (recompute the residual / attention blocks'
+            activations in the backward pass: unet, ncsnpp, ddpm, diffusers_unet2d), fused_optimizer
+            (fused Adam; null: fused on CUDA, foreach elsewhere), channels_last (NHWC memory layout:
+            image data only)
     sample: the sampler used for snapshots and as the CLI's default
 
 Everything the other config modules share lives here, and this module imports none of them.
@@ -97,7 +98,7 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"      # torch.compile's mode (reduce-overhead: CUDA graphs on a GPU)
     grad_accum: int = 1                 # micro-batches per optimizer step (divides the batch per process)
-    checkpoint_activations: bool = False  # recompute block activations in backward (unet, ncsnpp, ddpm)
+    checkpoint_activations: bool = False  # recompute block activations in backward (CHECKPOINTABLE_MODELS)
     fused_optimizer: Optional[bool] = None  # fused Adam; None: fused on CUDA, foreach elsewhere
     channels_last: bool = False         # NHWC weights and batches (image data only)
     tensorboard: bool = False
@@ -128,7 +129,7 @@ OBJECTIVES = ("score", "classifier")
 #: the networks that can be class-conditional (model.num_classes) or be built as a noisy classifier
 CONDITIONAL_MODELS = ("mlp", "unet")
 #: the networks with residual / attention blocks that train.checkpoint_activations checkpoints
-CHECKPOINTABLE_MODELS = ("unet", "ncsnpp", "ddpm")
+CHECKPOINTABLE_MODELS = ("unet", "ncsnpp", "ddpm", "diffusers_unet2d")
 SAMPLERS = tuple(_SAMPLER_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
 HUGE = 10 ** 9

@@ -11,7 +11,9 @@ autocast state. Under ``torch.no_grad()`` (sampling, evaluation) a block runs as
 The switch is an instance attribute (off by default, not part of the state dict), set on every such
 block of a network by ``enable_checkpointing(net)``. The blocks: ``unet.ResBlock`` / ``AttnBlock``
 (U-Net and its classifier) and ``refblocks.ResnetBlockDDPM`` / ``ResnetBlockBigGAN`` / ``AttnBlock``
-(NCSN++ / DDPM++ and DDPM).
+(NCSN++ / DDPM++ and DDPM). A diffusers model inside the network (``diffusers_unet.DiffusersUNet2D``
+wraps diffusers' ``UNet2DModel``) is switched by its own ``enable_gradient_checkpointing()``, which
+also uses the non-reentrant checkpoint, in its down, middle and up blocks.
 """
 from __future__ import annotations
 
@@ -33,9 +35,15 @@ class Checkpointed:
 
 
 def enable_checkpointing(net: nn.Module, enabled: bool = True) -> int:
-    """Switch activation checkpointing on (or off) in every ``Checkpointed`` block of ``net``;
-    returns the number of such blocks (0: the network has none, e.g. the MLP)."""
+    """Switch activation checkpointing on (or off) in every ``Checkpointed`` block of ``net`` and in
+    every diffusers model inside it; returns the number of blocks switched (0: the network has none,
+    e.g. the MLP)."""
     blocks = [m for m in net.modules() if isinstance(m, Checkpointed)]
     for m in blocks:
         m.checkpoint_activations = bool(enabled)
+    for m in net.modules():
+        if getattr(m, "_supports_gradient_checkpointing", False) and hasattr(m, "enable_gradient_checkpointing"):
+            m.enable_gradient_checkpointing() if enabled else m.disable_gradient_checkpointing()
+            # diffusers' blocks carry a ``gradient_checkpointing`` flag that the call above sets
+            blocks += [b for b in m.modules() if b is not m and hasattr(b, "gradient_checkpointing")]
     return len(blocks)
