@@ -161,6 +161,7 @@ EXACT = {
     "test_no_grad": {"test_score_functions_may_take_input_gradients"},
     "test_nets": {
         "test_sinusoidal_embedding_is_the_ddpm_formula", "test_score_model_applies_the_formula",
+        "test_attention_is_single_head_softmax_attention",
         "test_score_model_reproduces_the_exact_score", "test_score_model_conditioning_values",
     },
     "test_pretrained_import": {"test_cli_import_reproduces_the_reference_score"},

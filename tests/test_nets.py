@@ -322,3 +322,50 @@ def test_score_model_conditioning_values(sde, conditioning):
     expected = {"time": t, "log_sigma": sigma.log(), "time_index": t * 999, "sigma": sigma}[conditioning]
     assert sde.N == 1000
     torch.testing.assert_close(model(x, t)[:, 0], expected, rtol=1e-12, atol=0)
+
+
+# ---- attention: softmax(q k^T / sqrt(C)) v over the H W positions, through a fused SDPA kernel ------
+
+def _attention_blocks():
+    from scoresde.nets import refblocks, unet
+    torch.manual_seed(0)
+    ours = unet.AttnBlock(16, skip_rescale=True, num_groups=4)
+    ref = refblocks.AttnBlock(16, skip_rescale=True, init_scale=0.1)
+    for block in (ours, ref):
+        with torch.no_grad():  # the output projections start at zero: give them weights
+            for p in block.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return {"unet": (ours, lambda h: ours.qkv(h).chunk(3, dim=1), ours.norm, ours.proj, ours.scale),
+            "refblocks": (ref, lambda h: (ref.NIN_0(h), ref.NIN_1(h), ref.NIN_2(h)), ref.GroupNorm_0, ref.NIN_3,
+                          1 / math.sqrt(2))}
+
+
+@pytest.mark.parametrize("name", ["unet", "refblocks"])
+def test_attention_is_single_head_softmax_attention(name):
+    """The block against the formula written out in float64 from its own layers:
+    out = (x + proj(softmax(q^T k / sqrt(C)) v)) * scale, q, k, v of shape (C, HW) per image."""
+    block, qkv, norm, proj, scale = _attention_blocks()[name]
+    x = torch.randn(3, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        q, k, v = (a.double().flatten(2) for a in qkv(norm(x)))  # (B, C, HW)
+        w = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(16), dim=-1)  # (B, HW, HW)
+        h = (v @ w.transpose(1, 2)).reshape(x.shape).float()
+        want = (x + proj(h)) * scale
+        torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(block(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["unet", "refblocks"])
+def test_attention_runs_a_fused_kernel(name):
+    """With one head dimension (4-D inputs) SDPA dispatches to a fused kernel (on the CPU its flash
+    kernel); 3-D inputs would take the unfused fallback, a bmm / softmax / bmm (the starting profile's
+    GPU attention)."""
+    from torch.profiler import profile
+    block = _attention_blocks()[name][0]
+    x = torch.randn(2, 16, 4, 4)
+    with profile() as prof, torch.no_grad():
+        block(x)
+    names = {e.name for e in prof.events()}
+    assert "aten::scaled_dot_product_attention" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names and "aten::bmm" not in names, sorted(names)
+    assert any(n.startswith("aten::_scaled_dot_product_") for n in names)

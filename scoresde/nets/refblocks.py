@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import fir as _fir
+from .attention import spatial_attention
 from .checkpointing import Checkpointed
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(negative_slope=0.2), "swish": nn.SiLU}
@@ -124,11 +125,8 @@ class AttnBlock(Checkpointed, nn.Module):
         self.skip_rescale = skip_rescale
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
         h = self.GroupNorm_0(x)
-        q, k, v = (m(h).reshape(B, C, H * W).transpose(1, 2) for m in (self.NIN_0, self.NIN_1, self.NIN_2))
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v, (B, HW, C)
-        h = self.NIN_3(h.transpose(1, 2).reshape(B, C, H, W))
+        h = self.NIN_3(spatial_attention(self.NIN_0(h), self.NIN_1(h), self.NIN_2(h)))
         return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import positive_int
+from .attention import spatial_attention
 from .checkpointing import Checkpointed
 from .embeddings import ClassEmbedding, add_class_embedding, check_conditioning, check_num_classes, make_embedding
 
@@ -88,10 +89,7 @@ class AttnBlock(Checkpointed, nn.Module):
         self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # each (B, HW, C)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        h = self.proj(spatial_attention(*self.qkv(self.norm(x)).chunk(3, dim=1)))
         return (x + h) * self.scale
 
 
