@@ -154,6 +154,12 @@ EXACT = {
         "test_channels_last_same_loss_and_gradients",
     },
     "test_compiled": {"test_sampler_compiles_once_and_matches_eager", "test_inductor_ddim_matches_eager"},
+    "test_memory_estimate": {
+        "test_mlp_step_counts_equal_the_count_by_hand", "test_fake_estimate_equals_the_same_step_on_real_tensors",
+        "test_persistent_tensors_of_the_trainer_step", "test_activations_are_affine_in_the_batch",
+        "test_grad_accum_leaves_the_activations_of_a_micro_batch",
+    },
+    "test_mutants_sampling_rk": ALL,
     "test_train_compiled": {
         "test_compiled_training_compiles_once_and_matches_eager", "test_compiled_bf16_channels_last_training_compiles_once",
         "test_inductor_training_matches_eager", "test_amp_gradients_within_bf16_precision",
