@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check: benchmarks/gpu_speed.py on a CUDA GPU, in under 6 minutes on an H200.
+# Device check: benchmarks/gpu_speed.py and benchmarks/memory.py on a CUDA GPU, in under 9 minutes on an H200.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root (or anywhere: it cd's there)
 #   OUT=/some/dir bash benchmarks/gpu_check.sh [extra gpu_speed.py options]
@@ -62,4 +62,13 @@ rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
     echo "gpu_speed.py exited with status $rc (124 or 130: stopped by the 350 s timeout; the sections finished before it are in $OUT_DIR)"
 fi
-exit "$rc"
+
+# Memory: the fake-tensor estimate of DDPM++ deep's training step at batch 128 next to the real step's
+# torch.cuda.max_memory_allocated, per variant (plain, checkpointing, accumulation; bf16 twins measured
+# only). At most 150 s; its files are memory_cuda.{json,md,png} and memory_cuda.log.
+timeout -s INT -k 15 150 "$PY" benchmarks/memory.py --device cuda --configs cifar10_ddpmpp_deep_continuous_vp \
+    --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/memory_cuda.log"
+mrc=${PIPESTATUS[0]}
+[ "$mrc" -ne 0 ] && echo "memory.py exited with status $mrc"
+[ "$rc" -ne 0 ] && exit "$rc"
+exit "$mrc"
