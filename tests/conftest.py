@@ -165,3 +165,15 @@ def tiny_digits_run(tmp_path_factory) -> str:
            "sample": {"steps": 5}}
     train(from_dict(raw), workdir, progress=False)
     return workdir
+
+
+def benchmark_module(name: str):
+    """benchmarks/``name``.py imported as a module (it imports its siblings, e.g. _bench). The folder
+    leaves sys.path again, so that examples/ (with its own helper modules) imports its own."""
+    import importlib
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(bench)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import HANG_TIMEOUT
+from conftest import HANG_TIMEOUT, benchmark_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,23 +31,11 @@ def test_benchmark_quick_run_writes_its_results(tmp_path, script, stem):
     assert "|" in out.stdout  # the table is printed too
 
 
-def _gpu_speed_module():
-    """benchmarks/gpu_speed.py as a module (it imports its siblings _bench, _gpu_*, _flops). The folder leaves sys.path
-    again, so that examples/ (a sibling of benchmarks/ with its own helpers) imports its own modules."""
-    bench = os.path.join(ROOT, "benchmarks")
-    sys.path.insert(0, bench)
-    try:
-        import gpu_speed
-    finally:
-        sys.path.remove(bench)
-    return gpu_speed
-
-
 def test_gpu_speed_flop_counts_match_counts_by_hand():
     """The counter behind the TFLOP/s column against FLOPs counted by hand: the real backward (a first
     layer whose input needs no gradient computes only its weight gradient), not 3x the forward."""
     import torch
-    gs = _gpu_speed_module()
+    gs = benchmark_module("gpu_speed")
     B, d_in, h, d_out = 5, 7, 11, 3
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(d_in, h), torch.nn.Tanh(), torch.nn.Linear(h, d_out))

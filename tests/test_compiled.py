@@ -205,6 +205,19 @@ def CPU_BOOL(t):
     return False
 
 
+def armed_after_first_call(score, guard):
+    """``score`` with the sync ``guard`` armed from its second call on (the first one compiles);
+    returns the wrapper and the list that grows by one per call."""
+    calls = []
+
+    def guarded(x, t):
+        if calls:
+            guard.arm()
+        calls.append(1)
+        return score(x, t)
+    return guarded, calls
+
+
 @pytest.mark.parametrize("name,options", [("ddim", {}), ("heun", dict(churn=5.0)), ("dpm_solver", dict(order=3)),
                                           ("dpm_solver", dict(multistep=False)), ("ancestral", {}),
                                           ("probability_flow", dict(method="rk4")),
@@ -217,13 +230,8 @@ def test_no_host_sync_in_compiled_sampling_loop(name, options):
     sde = sd.VPSDE()
     score = compile_score(_mlp_model(sde), backend="aot_eager")
     x_T = sde.prior_sampling((B, 2), generator=torch.Generator().manual_seed(0))
-    calls = []
     with SyncGuard(exempt=CPU_BOOL) as guard:
-        def guarded(x, t):
-            if calls:  # from the second call on: the first one compiles
-                guard.arm()
-            calls.append(1)
-            return score(x, t)
+        guarded, calls = armed_after_first_call(score, guard)
         out = SAMPLERS[name](guarded, sde, x_T, steps=4, generator=torch.Generator().manual_seed(1), **options)
     assert _untouched() and guard.armed_calls >= 3 and torch.isfinite(out).all()
 
@@ -238,13 +246,8 @@ def test_no_host_sync_in_compiled_likelihood_evaluation(estimator, method):
     sde = sd.VPSDE()
     score = compile_score(_mlp_model(sde), backend="aot_eager")
     x = torch.randn(B, 2, generator=torch.Generator().manual_seed(0))
-    calls = []
     with SyncGuard(exempt=CPU_BOOL) as guard:
-        def guarded(x, t):
-            if calls:  # from the second call on: the first one compiles
-                guard.arm()
-            calls.append(1)
-            return score(x, t)
+        guarded, calls = armed_after_first_call(score, guard)
         res = log_likelihood(guarded, sde, x, estimator=estimator, probes=2, method=method, steps=3,
                              generator=torch.Generator().manual_seed(1))
     assert _untouched() and guard.armed_calls == len(calls) - 1 == 3 * STAGES[method] - 1

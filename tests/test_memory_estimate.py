@@ -16,24 +16,13 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from conftest import HANG_TIMEOUT
+from conftest import HANG_TIMEOUT, benchmark_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = 4  # bytes
 
 
-def _memory_module():
-    """benchmarks/memory.py as a module (it imports its sibling _bench); the folder leaves sys.path again."""
-    bench = os.path.join(ROOT, "benchmarks")
-    sys.path.insert(0, bench)
-    try:
-        import memory
-    finally:
-        sys.path.remove(bench)
-    return memory
-
-
-mem = _memory_module()
+mem = benchmark_module("memory")
 
 #: the smallest checkpointable network of configs/: digits_vp's U-Net (8x8x1 images, 0.7M parameters,
 #: residual blocks at two resolutions, an attention block, each a Checkpointed block)
