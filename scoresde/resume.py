@@ -7,6 +7,7 @@ command can say what it resumes and what it changes.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, List, Optional, Tuple
 import yaml
 
 from . import io
-from .config import Config, ConfigError, from_dict, load_config
+from .config import SECTIONS, Config, ConfigError, from_dict, load_config
 
 #: what a resumed run may not change: the weights were trained for this SDE and network, and the
 #: saved data stream indexes this data set. data.root (where the files are, not which) and
@@ -25,8 +26,12 @@ MAY_CHANGE = ("data.root", "data.n_test")
 
 
 def frozen_part(section: str, values):
+    """The values of ``section`` a resumed run may not change. A key of sde or data missing from
+    ``values`` (a checkpoint saved before the key existed) has its default, as loading that config does."""
     if not isinstance(values, dict):
         return values
+    if section in SECTIONS:
+        values = dict(dataclasses.asdict(SECTIONS[section]()), **values)
     return {k: v for k, v in values.items() if f"{section}.{k}" not in MAY_CHANGE}
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
 from . import io
-from .config import Config, from_dict, missing_data_root
+from .config import Config, ConfigError, from_dict, missing_data_root
 from .data import load_dataset
 from .nets import build_classifier, build_net
 from .score import NoisyClassifier, ScoreModel
@@ -32,13 +32,24 @@ def build_sde(cfg: Config) -> SDE:
 def load_data(cfg: Config, split: str = "train", n: Optional[int] = None,
               generator: Optional[torch.Generator] = None):
     """The config's data set: images scaled to [-1, 1] (``data.centered``) or [0, 1]. A data set
-    read from a folder needs ``data.root`` here (a run loaded for sampling may have none)."""
+    read from a folder needs ``data.root`` here (a run loaded for sampling may have none). For a
+    run that uses labels (model.num_classes > 0, or train.objective classifier) on class folders
+    (``data.class_folders``), whose number the config cannot know, a ConfigError naming
+    model.num_classes unless it is the number of class folders found."""
     error = missing_data_root(cfg)
     if error is not None:
         raise error
     d = cfg.data
-    return load_dataset(d.name, split, root=d.root, image_size=d.image_size, n=n, generator=generator,
-                        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0))
+    data = load_dataset(d.name, split, root=d.root, image_size=d.image_size, n=n, generator=generator,
+                        data_range=(-1.0, 1.0) if d.centered else (0.0, 1.0), class_folders=d.class_folders)
+    k = cfg.model.get("num_classes", 0)
+    uses_labels = k > 0 or cfg.train.objective == "classifier"
+    if uses_labels and d.class_folders and k != len(data.class_names):
+        names = ", ".join(data.class_names[:10]) + (", ..." if len(data.class_names) > 10 else "")
+        detail = (f"expected {len(data.class_names)}, the number of class folders in data.root {d.root!r} "
+                  f"({split} split: {names}), got {k}")
+        raise ConfigError(f"the run's config: model.num_classes: {detail}", key="model.num_classes", detail=detail)
+    return data
 
 
 def build_score_model(cfg: Config, sde: SDE, data_shape) -> ScoreModel:
@@ -86,7 +97,10 @@ class LoadedRun:
     A score run has ``score_fn`` (its ScoreModel); a class-conditional one (``num_classes`` K > 0)
     also ``cond_score_fn(x, t, y)``, y None the unconditional score. A noisy-classifier run
     (``objective`` "classifier") has no score (``score_fn`` None) but ``classifier_logp(x, t)`` ->
-    (B, K) log p_t(y | x), and ``classifier``, its NoisyClassifier."""
+    (B, K) log p_t(y | x), and ``classifier``, its NoisyClassifier. ``class_names``: the names of
+    labels 0..K-1 of a run that uses labels, where its data set names them (a folder read with
+    data.class_folders: its class folders' names; CIFAR-10: airplane, ..., truck), else None (digits,
+    MNIST, unconditional runs, and runs saved before class names were recorded)."""
 
     net: torch.nn.Module
     sde: SDE
@@ -101,6 +115,7 @@ class LoadedRun:
     cond_score_fn: Optional[Callable] = None
     classifier: Optional[NoisyClassifier] = None
     classifier_logp: Optional[Callable] = None
+    class_names: Optional[Tuple[str, ...]] = None
 
 
 def require_objective(run: LoadedRun, objective: str, what: str) -> None:
@@ -153,6 +168,13 @@ def load(path: str, device="cpu") -> LoadedRun:
         cfg = from_dict(raw, source=os.path.join(ckpt, "meta.json"), data_root=False)
         data_shape = tuple(int(v) for v in meta["data_shape"])
         data_range = tuple(float(v) for v in meta.get("data_range", (-1.0, 1.0)))
+        class_names = meta.get("class_names")
+        if class_names is not None:
+            k = cfg.model.get("num_classes", 0)
+            if not (isinstance(class_names, list) and len(class_names) == k
+                    and all(isinstance(c, str) for c in class_names)):
+                raise ValueError(f"class_names must be a list of model.num_classes = {k} strings, got {class_names!r}")
+            class_names = tuple(class_names)
     except (KeyError, TypeError, ValueError) as e:
         raise io.CheckpointError(f"{ckpt}/meta.json: invalid ({' '.join(str(e).split())[:200]})") from None
     if "ema" not in tensors:
@@ -166,7 +188,8 @@ def load(path: str, device="cpu") -> LoadedRun:
                                  f"({' '.join(str(e).split())[:300]})") from None
     model = model.to(resolve_device(device or "cpu")).eval()
     common = dict(net=model.net, sde=sde, config=cfg, step=meta["step"], data_shape=data_shape,
-                  data_range=data_range, path=ckpt, objective=cfg.train.objective, num_classes=model.num_classes)
+                  data_range=data_range, path=ckpt, objective=cfg.train.objective, num_classes=model.num_classes,
+                  class_names=class_names)
     if isinstance(model, NoisyClassifier):
         return LoadedRun(score_fn=None, classifier=model, classifier_logp=model.classifier_logp, **common)
     return LoadedRun(score_fn=model, cond_score_fn=model.cond_score_fn if model.num_classes else None, **common)

@@ -122,10 +122,13 @@ class Trainer:
         self.opt = fast.build_optimizer(self.net.parameters(), t.lr, t.fused_optimizer, self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, t))
         # labels travel with the images for a conditional score model and for a classifier (the
-        # config checks guarantee the data set has them)
+        # config checks guarantee the data set has them, and load_data that a folder has num_classes)
         self.num_classes = self.model.num_classes
         self.stream = BatchStream(self.dataset, t.batch_size, seed=t.seed, flip=cfg.data.flip,
                                   labels=self.num_classes > 0)
+        # what each label means, saved with the checkpoints (scoresde.load(...).class_names)
+        names = self.dataset.class_names if self.num_classes > 0 else None
+        self.class_names = list(names) if names is not None else None
         self.step = 0
         self.train_model, self.ddp = self.model, None
         if self.dist.world > 1:
@@ -168,7 +171,7 @@ class Trainer:
                           **{f"stream.{k}": v for k, v in stream_tensors.items()}),
         }
         meta = {"config": self.cfg.to_dict(), "data_shape": list(self.dataset.shape),
-                "data_range": list(self.dataset.data_range), "optimizer": opt_meta,
+                "data_range": list(self.dataset.data_range), "class_names": self.class_names, "optimizer": opt_meta,
                 "scheduler": self.sched.state_dict(), "stream": stream_meta}
         return io.save_checkpoint(self.ckpt_dir, self.step, tensors, meta, keep=self.cfg.train.keep_checkpoints)
 
@@ -186,6 +189,14 @@ class Trainer:
             if frozen_part(section, got) != frozen_part(section, current[section]):
                 raise io.CheckpointError(f"{path}: its {section} config {got!r} differs from this run's "
                                          f"{current[section]!r}")
+        saved_names, names = meta.get("class_names"), self.class_names or []
+        if saved_names is not None and saved_names != names:
+            # data.root may change between runs: each label must still be the class it was trained on
+            k = next((i for i, (a, b) in enumerate(zip(saved_names, names)) if a != b),
+                     min(len(saved_names), len(names)))
+            was, now = (repr(v[k]) if k < len(v) else "none" for v in (saved_names, names))
+            raise io.CheckpointError(f"{path}: trained on {len(saved_names)} classes, this run's data has "
+                                     f"{len(names)}, and label {k} was class {was}, is {now}")
         try:
             self.net.load_state_dict(tensors["model"])
             self.ema.module.load_state_dict(tensors["ema"])

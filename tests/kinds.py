@@ -154,6 +154,7 @@ EXACT = {
         "test_channels_last_same_loss_and_gradients",
     },
     "test_compiled": {"test_sampler_compiles_once_and_matches_eager", "test_inductor_ddim_matches_eager"},
+    "test_class_folders": {"test_labels_and_class_order_are_exact", "test_train_and_test_split_subfolders"},
     "test_memory_estimate": {
         "test_mlp_step_counts_equal_the_count_by_hand", "test_fake_estimate_equals_the_same_step_on_real_tensors",
         "test_persistent_tensors_of_the_trainer_step", "test_activations_are_affine_in_the_batch",

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="klass", metavar="K",
                    help="guide every sample towards class K (or sample i towards K_(i mod n) of a comma-separated "
                         "list K_0,K_1,...): classifier-free guidance on a class-conditional run (model.num_classes "
-                        "> 0), classifier guidance with --classifier")
+                        "> 0), classifier guidance with --classifier; K is a label 0..num_classes-1, or a class "
+                        "name where the run recorded names (data.class_folders: the folder's name; CIFAR-10)")
     s.add_argument("--guidance", type=float, metavar="S",
                    help="with --class: the guidance scale, (1 - S) s(x, t) + S s(x, t, y) (classifier-free) or "
                         "s(x, t) + S ∇x log p_t(y | x) (--classifier); 1 (default) is the plain conditional "

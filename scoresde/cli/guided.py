@@ -9,14 +9,16 @@ Two kinds, both through ``scoresde.guidance`` (score transforms any sampler take
 
 ``--class`` is one class for every sample or a comma-separated list that sample i takes cyclically
 (class ``classes[i mod len]``: "0,1,...,9" gives a grid's columns), so a sharded folder's samples get
-the same class for any batch size or number of processes. Every bad combination is one ValueError
-(the command prints it as one line, exit 2).
+the same class for any batch size or number of processes. A class is its label, or its name where
+the run that defines the classes (RUN, or the --classifier run) recorded names (``class_names``:
+class folders, CIFAR-10). Every bad combination is one ValueError (the command prints it as one
+line, exit 2).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -28,6 +30,7 @@ class Guidance:
     classes: List[int]
     scale: float
     classifier: Optional[object] = None   # the classifier's LoadedRun (kind "classifier")
+    names: Optional[Sequence[str]] = None  # the names of the labels, where the run recorded them
 
     def labels(self, start: int, stop: int, device) -> torch.Tensor:
         """The classes of samples start .. stop - 1: classes[i mod len], (stop - start,) int64."""
@@ -55,17 +58,39 @@ class Guidance:
         return out
 
     def describe(self) -> str:
-        which = str(self.classes[0]) if len(self.classes) == 1 else ",".join(map(str, self.classes))
+        which = ",".join(f"{c} ({self.names[c]})" if self.names else str(c) for c in self.classes)
         return f"{self.kind} guidance, class {which}, scale {self.scale:g}"
 
 
-def parse_classes(text: str) -> List[int]:
-    """'3' or '0,1,2' -> [3] or [0, 1, 2] (range checked against the model later)."""
-    try:
-        values = [int(v) for v in str(text).split(",")]
-    except ValueError:
-        raise ValueError(f"--class must be a class index or comma-separated class indices, got {text!r}") from None
-    return values
+def parse_classes(text: str, names: Optional[Sequence[str]] = None) -> List[int]:
+    """'3' or '0,1,2' -> [3] or [0, 1, 2] (range checked against the model later). With the class
+    names of the run (``LoadedRun.class_names``), an item that is a name is its label ('cat' -> 3);
+    one that is a name and also the label of another class (a folder "1" as label 0, with label 1
+    another folder) is an error rather than a guess."""
+    labels = []
+    for item in str(text).split(","):
+        item = item.strip()
+        label = None
+        try:
+            label = int(item)
+        except ValueError:
+            if not names or item not in names:
+                known = f" or one of the run's class names ({_listed(names)})" if names else ""
+                raise ValueError(f"--class must be a class index{known}, or a comma-separated list of them, "
+                                 f"got {text!r}") from None
+        if names and item in names:
+            named = list(names).index(item)
+            if label is not None and label != named and 0 <= label < len(names):
+                other = names[label]
+                raise ValueError(f"--class {item}: ambiguous: class name {item!r} is label {named}, but label {label} "
+                                 f"is class {other!r}; give {named} for the former or {other!r} for the latter")
+            label = named
+        labels.append(label)
+    return labels
+
+
+def _listed(names: Sequence[str], most: int = 10) -> str:
+    return ", ".join(map(repr, names[:most])) + (", ..." if len(names) > most else "")
 
 
 def plan(args, run, device) -> Optional[Guidance]:
@@ -79,7 +104,6 @@ def plan(args, run, device) -> Optional[Guidance]:
             if given:
                 raise ValueError(f"{flag}: only with --class K (the class to guide the samples towards)")
         return None
-    classes = parse_classes(klass)
     scale = 1.0 if scale is None else float(scale)
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"--guidance must be a finite number >= 0 (1: the plain conditional score), got {args.guidance}")
@@ -87,8 +111,9 @@ def plan(args, run, device) -> Optional[Guidance]:
         if run.num_classes == 0:
             raise ValueError(f"--class: {run.path} is unconditional (model.num_classes 0): train a conditional run "
                              "(model.num_classes > 0) or add --classifier CLASSIFIER_RUN (classifier guidance)")
+        classes = parse_classes(klass, run.class_names)
         _check_range(classes, run.num_classes, "the run's")
-        return Guidance("classifier-free", classes, scale)
+        return Guidance("classifier-free", classes, scale, names=run.class_names)
     try:
         clf = load(clf_dir, device=device)
     except (ValueError, OSError) as e:
@@ -103,8 +128,9 @@ def plan(args, run, device) -> Optional[Guidance]:
     if tuple(clf.data_range) != tuple(run.data_range):
         raise ValueError(f"--classifier: its data range {tuple(clf.data_range)} differs from the run's "
                          f"{tuple(run.data_range)}")
+    classes = parse_classes(klass, clf.class_names)
     _check_range(classes, clf.num_classes, "the classifier's")
-    return Guidance("classifier", classes, scale, classifier=clf)
+    return Guidance("classifier", classes, scale, classifier=clf, names=clf.class_names)
 
 
 def _check_range(classes: List[int], k: int, whose: str) -> None:

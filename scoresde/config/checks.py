@@ -257,21 +257,20 @@ def _check_fast_paths(cfg: Config, need) -> None:
 
 
 def _check_conditional(cfg: Config, need) -> None:
-    """model.num_classes, train.label_dropout and train.objective against each other and the data."""
-    from ..data import LABELLED_SETS  # lazy, as above
-
+    """model.num_classes, train.label_dropout, train.objective and data.class_folders against each
+    other and the data."""
     t, d = cfg.train, cfg.data
     k = cfg.model.get("num_classes", 0)
-    classes = LABELLED_SETS.get(d.name)
+    need(not d.class_folders or d.name == "folder", "data.class_folders",
+         f"false for data.name {d.name!r} (class folders, root/<class name>/..., label data.name 'folder' only)",
+         d.class_folders)
     need(t.objective in OBJECTIVES, "train.objective", f"one of {OBJECTIVES}", t.objective)
     need(0 <= t.label_dropout < 1, "train.label_dropout", "a number in [0, 1)", t.label_dropout)
     if t.objective == "classifier":
         name = cfg.model["name"]
         need(name in CONDITIONAL_MODELS, "model.name",
              f"one of {CONDITIONAL_MODELS} for train.objective classifier (its encoder becomes the classifier)", name)
-        need(classes is not None, "data.name", "a data set with class labels for train.objective classifier "
-             f"(labelled: {', '.join(LABELLED_SETS)})", d.name)
-        need(k == classes, "model.num_classes", f"{classes}, the classes of {d.name!r}, for train.objective classifier", k)
+        _check_classes(d, k, True, need)
         need(t.label_dropout == 0, "train.label_dropout", "0 for train.objective classifier (it is the score "
              "model's classifier-free guidance)", t.label_dropout)
         need(t.loss == "dsm" and not t.likelihood_weighting, "train.loss/likelihood_weighting",
@@ -281,8 +280,29 @@ def _check_conditional(cfg: Config, need) -> None:
              t.snapshot_every)
         return
     if k:
-        need(classes is not None, "model.num_classes", f"0 for data.name {d.name!r}, which has no class labels "
-             f"(labelled: {', '.join(LABELLED_SETS)})", k)
-        need(k == classes, "model.num_classes", f"{classes} (or 0), the classes of {d.name!r}", k)
+        _check_classes(d, k, False, need)
     need(t.label_dropout == 0 or k > 0, "train.label_dropout", "0 unless model.num_classes > 0 (a conditional model)",
          t.label_dropout)
+
+
+def _check_classes(d, k: int, classifier: bool, need) -> None:
+    """The data of a run that uses labels (a noisy classifier, or a class-conditional score model:
+    k = model.num_classes > 0) has them, and k is its number of classes. A folder's is only known
+    when it is read (at least 2): ``run.load_data`` checks k against its class folders."""
+    from ..data import LABELLED_SETS  # lazy, as above
+
+    classes = LABELLED_SETS.get(d.name)
+    labelled = ", ".join(LABELLED_SETS) + ", folder with data.class_folders true"
+    what = "train.objective classifier" if classifier else "model.num_classes > 0 (a class-conditional model)"
+    if d.name == "folder":
+        need(d.class_folders, "data.class_folders", f"true for {what} on data.name 'folder' (the labels are its "
+             "class subfolders, data.root/<class name>/...)", d.class_folders)
+        need(k >= 2, "model.num_classes", f"the number of class folders in data.root (at least 2) for {what}", k)
+    elif classifier:
+        need(classes is not None, "data.name", f"a data set with class labels for {what} (labelled: {labelled})",
+             d.name)
+        need(k == classes, "model.num_classes", f"{classes}, the classes of {d.name!r}, for {what}", k)
+    else:
+        need(classes is not None, "model.num_classes", f"0 for data.name {d.name!r}, which has no class labels "
+             f"(labelled: {labelled})", k)
+        need(k == classes, "model.num_classes", f"{classes} (or 0), the classes of {d.name!r}", k)

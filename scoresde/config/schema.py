@@ -9,7 +9,8 @@ A config has five sections::
             arguments (checked against the network's signature; list values where its defaults are lists);
             num_classes (mlp, unet; default 0) K > 0 makes the network class-conditional, or with
             train.objective classifier is the number of classes of the classifier
-    data:   name, root, image_size, flip, centered (images on [-1, 1], else [0, 1]), n_train, n_test
+    data:   name, root, image_size, flip, centered (images on [-1, 1], else [0, 1]), n_train, n_test;
+            class_folders (data.name folder): label the images by their class subfolders
     train:  steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, loss, ..., checkpoint_every, seed;
             objective: "score" (a score model, default) or "classifier" (a time-dependent classifier
             p_t(y | x_t) for classifier guidance: model.name mlp or unet builds its encoder with a linear
@@ -65,6 +66,22 @@ class SDEConfig:
 
 @dataclass
 class DataConfig:
+    """What a run trains on.
+
+    name: a toy (checkerboard, ...), "digits", "mnist", "cifar10" or "folder" (every PNG/JPEG under
+        root, recursively; a train/test subfolder, where there is one, is the split).
+    root: the folder holding the files of mnist, cifar10 and folder (None for the others).
+    image_size: resize images to this size (folders: shorter side, then centre crop); None keeps them.
+    flip: random horizontal flips in training. centered: images on [-1, 1], else [0, 1].
+    n_train, n_test: keep at most this many examples of each split (None: all).
+    class_folders: data.name "folder" only: the folder is in torchvision's ImageFolder layout,
+        root/<class name>/**/*.png (or root/<split>/<class name>/...): its immediate subfolders are
+        the classes, labelled 0..K-1 in sorted name order, what a class-conditional model
+        (model.num_classes K) or a noisy classifier (train.objective classifier) needs. Every image
+        must lie in a class folder, every class folder must hold images, K >= 2, and the train and
+        test folders must hold the same classes. The class names are saved with the checkpoints
+        (``scoresde.load(run).class_names``).
+    """
     name: str = "checkerboard"
     root: Optional[str] = None
     image_size: Optional[int] = None
@@ -72,6 +89,7 @@ class DataConfig:
     centered: bool = True
     n_train: Optional[int] = None
     n_test: Optional[int] = None
+    class_folders: bool = False
 
 
 @dataclass

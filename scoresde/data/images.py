@@ -1,5 +1,6 @@
 """Image readers: scikit-learn's bundled 8x8 digits, MNIST in IDX format, CIFAR-10's binary version
-and folders of PNG/JPEG files, all as uint8 tensors (N, C, H, W).
+and folders of PNG/JPEG files (labelled by their class subfolders with ``read_class_folders``), all
+as uint8 tensors (N, C, H, W).
 
 Nothing here downloads anything, and nothing is ever unpickled: CIFAR-10's python version is a
 pickle (loading one can run arbitrary code), so only the binary version is read."""
@@ -146,6 +147,8 @@ def read_mnist(root, split: str = "train") -> Tuple[Tensor, Tensor]:
 
 CIFAR_RECORD = 1 + 3 * 32 * 32          # one label byte, then the 32x32 R, G and B planes
 CIFAR_FILES = {"train": [f"data_batch_{k}.bin" for k in range(1, 6)], "test": ["test_batch.bin"]}
+#: the names of CIFAR-10's labels 0..9, as its batches.meta.txt lists them
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _CIFAR_PICKLE_SIGNS = ("cifar-10-batches-py", "cifar-10-python.tar.gz", "data_batch_1", "test_batch")
 
 
@@ -234,19 +237,19 @@ def _resize_and_crop(im, image_size: int):
     return im.crop((left, top, left + image_size, top + image_size))
 
 
-def read_image_folder(root, image_size: Optional[int] = None, channels: Optional[int] = None) -> Tensor:
-    """Every PNG/JPEG under ``root`` (recursively, in sorted path order) as uint8 (N, C, S, S).
-
-    ``channels``: 1 (grayscale, "L") or 3 ("RGB"); None picks 1 if every image is grayscale, else 3.
-    ``image_size``: each image is scaled so its shorter side is image_size and centre-cropped to a
-    square; None keeps the images as they are, which then must all share one size.
-    """
-    root = _directory(root, "image files (" + ", ".join(IMAGE_EXTENSIONS) + ")")
+def _folder_files(root, image_size: Optional[int], channels: Optional[int], what: str) -> Tuple[Path, List[Path]]:
+    """The folder ``root`` (a ValueError saying it should hold ``what`` if it is none) and its image
+    files, after checking ``image_size`` and ``channels``."""
+    root = _directory(root, what)
     if image_size is not None:
         _checks.positive_int(image_size, "image_size")
     if channels is not None:
         _checks.choice(channels, "channels", (1, 3))
-    files = _image_files(root)
+    return root, _image_files(root)
+
+
+def _read_images(root: Path, files: List[Path], image_size: Optional[int], channels: Optional[int]) -> Tensor:
+    """``files`` (images under ``root``) as uint8 (N, C, S, S), in the given order (see ``read_image_folder``)."""
     images = [_open_image(p) for p in files]
     if channels is None:
         channels = 1 if all(im.mode in _GRAY_MODES for im in images) else 3
@@ -262,3 +265,50 @@ def read_image_folder(root, image_size: Optional[int] = None, channels: Optional
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(arrays))
 
+
+def read_image_folder(root, image_size: Optional[int] = None, channels: Optional[int] = None) -> Tensor:
+    """Every PNG/JPEG under ``root`` (recursively, in sorted path order) as uint8 (N, C, S, S).
+
+    ``channels``: 1 (grayscale, "L") or 3 ("RGB"); None picks 1 if every image is grayscale, else 3.
+    ``image_size``: each image is scaled so its shorter side is image_size and centre-cropped to a
+    square; None keeps the images as they are, which then must all share one size.
+    """
+    root, files = _folder_files(root, image_size, channels, "image files (" + ", ".join(IMAGE_EXTENSIONS) + ")")
+    return _read_images(root, files, image_size, channels)
+
+
+def class_folder_names(root) -> List[str]:
+    """The class names of a folder in torchvision's ImageFolder layout: the names of the immediate
+    subfolders of ``root``, sorted (class k is the k-th name). Nothing is read but the listing."""
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+
+
+def read_class_folders(root, image_size: Optional[int] = None,
+                       channels: Optional[int] = None) -> Tuple[Tensor, Tensor, List[str]]:
+    """A labelled image folder in torchvision's ImageFolder layout, ``root/<class name>/**/*.png``:
+    returns (pixels uint8 (N, C, S, S), labels int64 (N,), class names).
+
+    The immediate subfolders of ``root`` are the classes, labelled 0..K-1 in sorted name order
+    (``class_folder_names``); an image's label is that of the class folder it lies in, at any depth.
+    The images are those ``read_image_folder(root, image_size, channels)`` reads, in the same
+    (sorted path) order. A ValueError names the path at fault for an image directly in ``root``
+    (outside every class folder), a class folder without images, or fewer than 2 class folders.
+    """
+    root, files = _folder_files(root, image_size, channels,
+                                "one subfolder of images per class (root/<class name>/...)")
+    loose = [p for p in files if p.parent == root]
+    if loose:
+        raise ValueError(f"image {str(loose[0])!r} lies directly in the class root {str(root)!r}: with class folders "
+                         "every image must be inside the subfolder of its class (root/<class name>/...)")
+    names = class_folder_names(root)
+    if len(names) < 2:
+        raise ValueError(f"{str(root)!r} has {len(names)} class folder(s) ({', '.join(names) or 'none'}): expected "
+                         "at least 2 subfolders, one per class (root/<class name>/...)")
+    index = {name: k for k, name in enumerate(names)}
+    labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in files], dtype=torch.int64)
+    counts = torch.bincount(labels, minlength=len(names))
+    if (counts == 0).any():
+        empty = root / names[int((counts == 0).nonzero()[0])]
+        raise ValueError(f"class folder {str(empty)!r} holds no images: expected files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)} (searched recursively); remove the folder or add its images")
+    return _read_images(root, files, image_size, channels), labels, names
