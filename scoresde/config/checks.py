@@ -13,9 +13,9 @@ import math
 from typing import Any, Dict
 
 from ..options import closest
-from .schema import (CHECKPOINTABLE_MODELS, CONDITIONAL_MODELS, CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES, LR_SCHEDULES, MAX_WIDTH,
-                     MODEL_FIXED, NEEDS_ROOT, OBJECTIVES, PARAMETERIZATIONS, SAMPLERS, SDE_TYPES, SECTION_NAMES,
-                     SECTIONS, Config, _error, model_names)
+from .schema import (CHECKPOINTABLE_MODELS, CONDITIONAL_MODELS, CONDITIONINGS, DEVICES, HUGE, LOSS_NAMES,
+                     LR_SCHEDULES, MAX_WIDTH, MODEL_FIXED, NEEDS_ROOT, OBJECTIVES, PARAMETERIZATIONS, SAMPLERS,
+                     SDE_TYPES, SECTION_NAMES, SECTIONS, Config, _error, model_names)
 
 
 def _key_hint(section: str, name: str, names) -> str:
