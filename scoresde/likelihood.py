@@ -24,7 +24,7 @@ from . import _checks
 from .sampling._ode import Counter, clamped_time, integrate, pf_drift
 from .sampling.generators import SampleGenerators
 from .sampling.odeint import ADAPTIVE_METHODS, FIXED_METHODS
-from .sampling.runge_kutta import STAGES, fixed_grid_odeint
+from .sampling.runge_kutta import STAGES
 
 ESTIMATORS = ("hutchinson", "exact")
 #: a torch.Generator, or a SampleGenerators: row r of every draw (probes, dequantization) from its own seed
@@ -138,16 +138,9 @@ def log_likelihood(score_fn, sde: SDE, x: Tensor, *, estimator: str = "hutchinso
         return torch.cat([f.detach().reshape(B, D), d.detach()[:, None]], dim=1)
 
     state0 = torch.cat([x.detach().reshape(B, D), torch.zeros(B, 1, device=x.device, dtype=x.dtype)], dim=1)
-    if method in ADAPTIVE_METHODS:
-        # land exactly on the end time: past it the score is only defined by clamping, and the
-        # dense-output interpolation back to it would cost accuracy
-        ends = torch.tensor([eps, T], device=x.device, dtype=x.dtype)
-        end = integrate(rhs, state0, ends, method, rtol, atol, {"step_t": [T]}, counted, "log_likelihood")
-    else:
-        try:
-            end = fixed_grid_odeint(rhs, state0, torch.linspace(eps, T, steps + 1, dtype=torch.float64), method)
-        finally:
-            counted.close()
+    grid = torch.tensor([eps, T], dtype=torch.float64) if method in ADAPTIVE_METHODS else \
+        torch.linspace(eps, T, steps + 1, dtype=torch.float64)
+    end = integrate(rhs, state0, grid, method, rtol, atol, counted, "log_likelihood")
     z, delta = end[:, :D].reshape(shape), end[:, D]
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z)
     logp = _checks.finite_result(prior + delta, "log_likelihood")

@@ -118,7 +118,8 @@ def test_a_failing_ode_solve_reports_the_solvers_reason():
         return torch.full_like(y, float("nan"))
     counted = _ode.Counter(lambda x, t: x)
     with pytest.raises(NonFiniteError) as e:
-        _ode.integrate(rhs, torch.ones(2, 1), torch.tensor([1.0, 0.0]), "dopri5", 1e-5, 1e-5, None, counted, "here")
+        _ode.integrate(rhs, torch.ones(2, 1), torch.tensor([1.0, 0.0], dtype=torch.float64), "dopri5", 1e-5, 1e-5,
+                       counted, "here")
     msg = str(e.value)
     assert msg.startswith("here: the ODE solver failed (") and "underflow in dt" in msg
 

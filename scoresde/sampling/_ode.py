@@ -1,14 +1,17 @@
-"""The reverse-time drifts and the torchdiffeq call shared by the ODE/SDE samplers and the likelihood."""
+"""The reverse-time drifts and the ODE solve (fixed steps or torchdiffeq's adaptive solvers) shared by the
+ODE/SDE samplers and the likelihood."""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from .._checks import NonFiniteError
 from ..sde import SDE, batch_broadcast
+from .runge_kutta import TABLEAUX, fixed_grid_odeint
 
 
 def reverse_drift(sde: SDE, score: Callable, x: Tensor, t: Tensor, weight: float = 1.0) -> Tensor:
@@ -50,13 +53,21 @@ def clamped_time(t: Tensor, lo: float, hi: float, batch: int, like: Tensor) -> T
     return t.to(like.dtype).nan_to_num(nan=lo).clamp(lo, hi).expand(batch)
 
 
-def integrate(rhs: Callable, y0: Tensor, ends: Tensor, method: str, rtol: float, atol: float,
-              options: Optional[dict], counted: Counter, routine: str) -> Tensor:
-    """torchdiffeq's odeint from ends[0] to ends[1], returning the end state. Its adaptive solvers
-    meet a non-finite score by shrinking the step until an assertion fails ("underflow in dt"):
-    that becomes a NonFiniteError naming ``routine``."""
+def integrate(rhs: Callable, y0: Tensor, grid: Tensor, method: str, rtol: float, atol: float,
+              counted: Counter, routine: str) -> Tensor:
+    """The state at grid[-1] of dy/dt = rhs(t, y), y(grid[0]) = y0; ``grid`` is a 1-D float64 tensor
+    on the CPU. A fixed-step method (``runge_kutta.TABLEAUX``) steps from grid point to grid point
+    (``runge_kutta.fixed_grid_odeint``); an adaptive one is torchdiffeq's odeint from grid[0] to
+    grid[-1] at ``rtol``/``atol``, told to land exactly on grid[-1] (past it the score is only defined
+    by clamping, and the dense-output interpolation back to it would cost accuracy). torchdiffeq's
+    adaptive solvers meet a non-finite score by shrinking the step until an assertion fails
+    ("underflow in dt"): that becomes a NonFiniteError naming ``routine``. Closes ``counted``'s bar."""
     try:
-        return odeint(rhs, y0, ends, method=method, rtol=rtol, atol=atol, options=options)[-1]
+        if method in TABLEAUX:
+            return fixed_grid_odeint(rhs, y0, grid, method)
+        start, end = float(grid[0]), float(grid[-1])
+        ends = torch.tensor([start, end], device=y0.device, dtype=y0.dtype)
+        return odeint(rhs, y0, ends, method=method, rtol=rtol, atol=atol, options={"step_t": [end]})[-1]
     except AssertionError as e:
         raise NonFiniteError(f"{routine}: the ODE solver failed ({' '.join(str(e).split())[:120]}); the score "
                              "function returned non-finite values or the ODE is too stiff for this tolerance") from None

@@ -12,7 +12,7 @@ from .. import _checks
 from ._loop import end_coeffs, tweedie_at
 from ._ode import Counter, clamped_time, integrate, pf_drift
 from .grids import Schedule, time_grid
-from .runge_kutta import STAGES, TABLEAUX, fixed_grid_odeint
+from .runge_kutta import STAGES, TABLEAUX
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 #: the fixed-step methods (scoresde.sampling.runge_kutta; "heun" is torchdiffeq's "heun2")
@@ -49,16 +49,7 @@ def probability_flow(score_fn, sde: SDE, x_T: Tensor, *, method: str = "dopri5",
     def rhs(t: Tensor, y: Tensor) -> Tensor:
         return pf_drift(sde, counted, y, clamped_time(t, eps, T, B, y))
 
-    if method in ADAPTIVE_METHODS:
-        # land exactly on the end time: past it the score is only defined by clamping, and the
-        # dense-output interpolation back to it would cost accuracy
-        ends = torch.tensor([T, eps], device=x.device, dtype=x.dtype)
-        x = integrate(rhs, x, ends, method, rtol, atol, {"step_t": [eps]}, counted, "probability_flow")
-    else:
-        try:
-            x = fixed_grid_odeint(rhs, x, grid_t, method)
-        finally:
-            counted.close()
+    x = integrate(rhs, x, grid_t, method, rtol, atol, counted, "probability_flow")
     if denoise:
         x = tweedie_at(score, sde, x, eps, coeffs=end)
     return _checks.finite_result(x.reshape(shape), "probability_flow")
