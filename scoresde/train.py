@@ -136,11 +136,16 @@ class Trainer:
             self.train_model = self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:
-            self.train_model = torch.compile(self.train_model, mode=None if t.compile_mode == "default" else t.compile_mode)
+            mode = None if t.compile_mode == "default" else t.compile_mode
+            self.train_model = torch.compile(self.train_model, mode=mode)
         self.loss_fn = noisy_classifier_loss if t.objective == "classifier" else LOSSES[t.loss]
-        self.loss_kwargs = (dict(eps=t.eps) if t.objective == "classifier" else dict(reduce=t.reduce) if t.loss != "dsm"
-                            else dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
-                                      importance_sampling=t.importance_sampling, reduce=t.reduce))
+        if t.objective == "classifier":
+            self.loss_kwargs = dict(eps=t.eps)
+        elif t.loss == "dsm":
+            self.loss_kwargs = dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
+                                    importance_sampling=t.importance_sampling, reduce=t.reduce)
+        else:
+            self.loss_kwargs = dict(reduce=t.reduce)
         self.noise = torch.Generator(device=self.device)
         self._stop_signal = None
 
